@@ -1,0 +1,1 @@
+"""Envoy bootstrap templates, shipped inside the wheel and read with importlib.resources."""

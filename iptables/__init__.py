@@ -1,0 +1,1 @@
+"""iptables: transparent-proxy rules (Kuma's KUMA_MESH_* chains), built purely and applied atomically."""

@@ -1,0 +1,3 @@
+from kuma_dp.cli import main
+
+main()
