@@ -1,0 +1,279 @@
+"""Logging for the agent: Kuma's flags, one line per event, and no secret ever reaches a log line.
+
+Kuma's kuma-dp uses zap with three levels (`off`, `info`, `debug`), writes to stderr or to a file rotated
+by lumberjack (`--log-output-path`, `--log-max-size` MB, `--log-max-retained-files`, `--log-max-age` days).
+We keep those flags and their meaning on top of the standard library `logging`, so every module just calls
+`logging.getLogger(__name__)`. `--log-format json` uses python-json-logger (maintained, not hand-rolled) with
+zap's field names (`ts`, `level`, `logger`, `msg`) so existing log pipelines keep their parsers.
+
+Secrets: dataplane tokens are JWTs and travel in `Authorization: Bearer ...` headers. Code must not log them,
+but one careless `log.debug("%s", config)` or a traceback carrying a request would leak one, so every handler
+we install redacts JWT-shaped strings, bearer credentials and any value registered with `add_secret` as the
+last step before bytes are written.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import logging.handlers
+import os
+import re
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pythonjsonlogger.json import JsonFormatter
+
+__all__ = [
+    "LEVELS",
+    "AgeAndCountRotatingFileHandler",
+    "RedactingFilter",
+    "add_secret",
+    "redact",
+    "setup_logging",
+]
+
+#: Kuma's level names. `off` silences the agent entirely; `debug` is everything.
+LEVELS: dict[str, int] = {"off": logging.CRITICAL + 10, "info": logging.INFO, "debug": logging.DEBUG}
+FORMATS = ("text", "json")
+REDACTED = "[REDACTED]"
+
+# A JWT: three base64url parts, the header always starts with `eyJ` (`{"`). Signature may be empty (alg none).
+_JWT = r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"
+# `Bearer <credential>` and `authorization: <credential>` in headers, reprs and dict dumps.
+_BEARER = r"(?i)(?<=bearer )[A-Za-z0-9._~+/=-]{8,}"
+_AUTH_HEADER = r"""(?i)(?<=authorization['"]: ['"])(?!bearer )[^'"\s]{8,}"""
+_PATTERNS = [re.compile(_JWT), re.compile(_BEARER), re.compile(_AUTH_HEADER)]
+
+_secrets: set[str] = set()
+_secrets_lock = threading.Lock()
+_secret_re: re.Pattern[str] | None = None
+#: handlers installed by setup_logging, removed again by the next call (tests and re-configuration).
+_installed: list[logging.Handler] = []
+
+
+def add_secret(value: str | bytes | None) -> None:
+    """Register a secret (token file content, a key) so it is redacted wherever it shows up, JWT or not."""
+    global _secret_re
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    value = (value or "").strip()
+    if len(value) < 6:  # shorter values would redact ordinary words
+        return
+    with _secrets_lock:
+        _secrets.add(value)
+        ordered = sorted(_secrets, key=len, reverse=True)
+        _secret_re = re.compile("|".join(re.escape(s) for s in ordered))
+
+
+def redact(text: str) -> str:
+    """Replace every token-looking substring of `text`; cheap when there is nothing to replace."""
+    secret_re = _secret_re
+    if secret_re is not None:
+        text = secret_re.sub(REDACTED, text)
+    if "eyJ" in text:
+        text = _PATTERNS[0].sub(REDACTED, text)
+    lowered = text.lower()
+    if "bearer " in lowered:
+        text = _PATTERNS[1].sub(REDACTED, text)
+    if "authorization" in lowered:
+        text = _PATTERNS[2].sub(REDACTED, text)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """Rewrites a record's message and traceback text before any formatter sees them.
+
+    The formatters below also redact their final output (extras, JSON fields); this filter exists so that any
+    other handler someone attaches (a test's caplog, a syslog handler) gets a clean record too.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string must not kill logging; show it raw
+            message = f"{record.msg!r} {record.args!r}"
+        record.msg = redact(message)
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True
+
+
+_STANDARD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+
+
+def _utc_iso(created: float) -> str:
+    stamp = _dt.datetime.fromtimestamp(created, tz=_dt.UTC)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+
+
+class TextFormatter(logging.Formatter):
+    """zap's console layout (`ts<TAB>LEVEL<TAB>logger<TAB>msg`) followed by `key=value` for extras."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        parts = [_utc_iso(record.created), record.levelname, record.name, message]
+        extras = [
+            f"{key}={_render(value)}"
+            for key, value in record.__dict__.items()
+            if key not in _STANDARD_ATTRS and not key.startswith("_")
+        ]
+        line = "\t".join(parts)
+        if extras:
+            line += "\t" + " ".join(extras)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line += "\n" + record.exc_text
+        if record.stack_info:
+            line += "\n" + self.formatStack(record.stack_info)
+        return redact(line)
+
+
+def _render(value: Any) -> str:
+    text = str(value)
+    if not text or any(c in text for c in " \t\"="):
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return text
+
+
+class RedactingJsonFormatter(JsonFormatter):
+    """python-json-logger with zap's field names; the serialised line is redacted as a whole."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "{levelname}{name}{message}",
+            style="{",
+            rename_fields={"levelname": "level", "name": "logger", "message": "msg", "exc_info": "error"},
+            json_default=str,
+            json_ensure_ascii=False,
+        )
+
+    def add_fields(
+        self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+    ) -> None:
+        log_data["ts"] = _utc_iso(record.created)
+        super().add_fields(log_data, record, message_dict)
+        log_data["level"] = record.levelname.lower()
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+class AgeAndCountRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """Size rotation with lumberjack's retention rules.
+
+    lumberjack renames the full file to `<name>-<UTC timestamp><ext>` and then prunes backups beyond
+    `max_retained` (0 = keep all) and older than `max_age_days` (0 = keep forever). The standard handler's
+    numbered backups cannot express "keep all" (backupCount=0 truncates), so we rename and prune ourselves.
+    The file is created 0600: logs are operator data and need not be world-readable.
+    """
+
+    def __init__(self, filename: str, max_bytes: int, max_retained: int, max_age_days: int) -> None:
+        self.max_retained = max(0, max_retained)
+        self.max_age_seconds = max(0, max_age_days) * 86400
+        Path(filename).parent.mkdir(parents=True, exist_ok=True)
+        super().__init__(filename, mode="a", maxBytes=max(0, max_bytes), backupCount=0, encoding="utf-8")
+
+    def _open(self):  # type: ignore[no-untyped-def]
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        return os.fdopen(fd, "a", encoding=self.encoding, errors=self.errors)
+
+    def backup_name(self, when: float) -> str:
+        base, ext = os.path.splitext(self.baseFilename)
+        stamp = _dt.datetime.fromtimestamp(when, tz=_dt.UTC).strftime("%Y-%m-%dT%H-%M-%S.%f")[:-3]
+        name = f"{base}-{stamp}{ext}"
+        n = 1
+        while os.path.exists(name):  # two rotations in one millisecond
+            name = f"{base}-{stamp}.{n}{ext}"
+            n += 1
+        return name
+
+    def backups(self) -> list[Path]:
+        """Rotated files of this log, oldest first."""
+        path = Path(self.baseFilename)
+        stem, ext = os.path.splitext(path.name)
+        found = [p for p in path.parent.glob(f"{stem}-*{ext}") if p.name != path.name]
+        return sorted(found, key=lambda p: (p.stat().st_mtime, p.name))
+
+    def doRollover(self) -> None:
+        if self.stream:
+            self.stream.close()
+            self.stream = None  # type: ignore[assignment]
+        if os.path.exists(self.baseFilename):
+            os.rename(self.baseFilename, self.backup_name(time.time()))
+        self.prune()
+        if not self.delay:
+            self.stream = self._open()
+
+    def prune(self) -> None:
+        backups = self.backups()
+        now = time.time()
+        doomed: list[Path] = []
+        if self.max_age_seconds:
+            doomed += [p for p in backups if now - p.stat().st_mtime > self.max_age_seconds]
+        keep = [p for p in backups if p not in doomed]
+        if self.max_retained and len(keep) > self.max_retained:
+            doomed += keep[: len(keep) - self.max_retained]
+        for p in doomed:
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
+
+
+def parse_level(level: str) -> int:
+    """Kuma's `--log-level` value to a logging level; a clear error names the flag and the choices."""
+    key = (level or "").strip().lower()
+    if key not in LEVELS:
+        raise ValueError(f"invalid --log-level {level!r}: use one of off, info, debug")
+    return LEVELS[key]
+
+
+def setup_logging(
+    level: str,
+    output_path: str | None,
+    max_size_mb: int,
+    max_retained: int,
+    max_age_days: int,
+    fmt: str = "text",
+) -> logging.Handler:
+    """Configure the root logger once for the whole process; returns the handler (tests flush and inspect it).
+
+    Calling it again replaces what the previous call installed, so a command can configure early (stderr,
+    info) and again once flags and env are merged.
+    """
+    numeric = parse_level(level)
+    if fmt not in FORMATS:
+        raise ValueError(f"invalid --log-format {fmt!r}: use text or json")
+    if output_path:
+        handler: logging.Handler = AgeAndCountRotatingFileHandler(
+            output_path, max_size_mb * 1024 * 1024, max_retained, max_age_days
+        )
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(RedactingJsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(RedactingFilter())
+
+    root = logging.getLogger()
+    for old in _installed:
+        root.removeHandler(old)
+        old.close()
+    _installed.clear()
+    root.addHandler(handler)
+    _installed.append(handler)
+    root.setLevel(numeric)
+    handler.setLevel(numeric)
+    logging.captureWarnings(True)
+    # Libraries we use are chatty at debug; keep them at info unless the operator asked for debug.
+    for noisy in ("httpx", "httpcore", "asyncio", "grpc"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if numeric <= logging.DEBUG else logging.WARNING)
+    return handler
