@@ -1,0 +1,401 @@
+"""The agent runtime of `kuma-dp run`: one asyncio program that composes the components and shuts down
+in one ordered path.
+
+Public API (helper A's `run` command ends with it)::
+
+    exit_code = asyncio.run(run_agent(cfg, bootstrap_path))   # or run_agent_sync(cfg, bootstrap_path)
+
+    async def run_agent(
+        cfg: RunConfig,                      # loaded + validated; dataplane_runtime.work_dir is the real dir
+        bootstrap: str | os.PathLike[str],   # <workdir>/bootstrap.yaml, written; its admin address is used
+        *,
+        before_envoy: Iterable[ComponentSpec] = (),      # e.g. the DNS proxy
+        extra_components: Iterable[ComponentSpec] = (),  # after Envoy, before the readiness reporter
+        envoy_binary: str | None = None,     # resolved Envoy (else found from dataplane_runtime.binary_path)
+    ) -> int
+
+A `ComponentSpec` is a `kuma_dp.component.Component` or a factory `(AgentContext) -> Component | None`
+(None: the configuration disables it). Wiring a component in permanently is one line in BEFORE_ENVOY /
+AFTER_ENVOY below ("module:factory", imported only when a run starts, so `kuma-dp run` pays nothing for
+what it does not use).
+
+Order (KUMA-DP.md §5.5): [token checked by `run`] → DNS → Envoy → config fetcher → access logs → metrics
+→ readiness reporter. Each non-resilient component's `ready` is awaited before the next starts. The
+readiness socket is bound before anything starts, so a taken port fails fast (kumahq/kuma#11769).
+
+Exit (§5.3): any Envoy exit stops the agent (exit 1 if Envoy failed, 0 if it exited 0); so does a failing
+non-resilient component (exit 1). Resilient ones restart with exponential backoff (base
+KUMA_DATAPLANE_RESILIENT_COMPONENT_BASE_BACKOFF 5 s, cap _MAX_BACKOFF 1 min, ±20 % jitter). Envoy is never
+restarted.
+
+Signals (§5.4): 1st SIGTERM/SIGINT → readiness TERMINATING, POST /healthcheck/fail, wait the drain time
+(a 2nd signal ends the wait, a 3rd exits 1 at once) → stop Envoy (SIGTERM, SIGKILL after 5 s) → stop the
+rest in reverse order, the readiness reporter last → exit 0. SIGUSR2 → POST
+/drain_listeners?inboundonly&graceful&skip_exit; a later SIGTERM skips the drain wait ("already drained").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import os
+import random
+import signal
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kuma_dp.component import Component
+from kuma_dp.envoy import (
+    AdminClient,
+    EnvoyComponent,
+    EnvoyOptions,
+    admin_address_from_bootstrap,
+    build_command,
+    find_envoy,
+    load_bootstrap,
+)
+from kuma_dp.readiness import (
+    ReadinessPortError,
+    ReadinessReporter,
+    ReadinessState,
+    bind_readiness_socket,
+    readiness_bind_host,
+)
+
+if TYPE_CHECKING:
+    from kuma_dp.config import RunConfig
+
+log = logging.getLogger("kuma-dp.agent")
+
+#: Components started before Envoy (Kuma: the DNS proxy), as "module:factory" with factory(ctx) -> Component |
+#: None.
+BEFORE_ENVOY: list[str] = []
+#: Components started after Envoy, before the readiness reporter, in Kuma's order (config fetcher, access-log
+#: streamer, metrics hijacker, ...). Same form as BEFORE_ENVOY.
+AFTER_ENVOY: list[str] = []
+
+
+@dataclass
+class AgentContext:
+    """What component factories get: the configuration and the agent's shared state."""
+
+    cfg: RunConfig
+    bootstrap_path: Path
+    work_dir: Path
+    admin: AdminClient
+    readiness: ReadinessState
+    envoy: EnvoyComponent | None = None
+    #: Called with every Envoy exit code (agent metrics).
+    envoy_exit_hooks: list[Callable[[int], None]] = field(default_factory=list)
+
+    def enable_dns_gate(self) -> asyncio.Event:
+        """For the DNS component's factory: `/ready` says NOT_READY until the returned event is set
+        (at most 15 s).
+        """
+        self.readiness.dns_gate = True
+        return self.readiness.dns_ready
+
+
+ComponentFactory = Callable[[AgentContext], Component | None]
+ComponentSpec = Component | ComponentFactory
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rand: Callable[[], float] = random.random) -> float:
+    """Exponential backoff with ±20 % jitter, never above the cap (attempt 0 → about `base`)."""
+    raw = min(cap, base * (2 ** min(attempt, 32)))
+    return min(cap, raw * (0.8 + 0.4 * rand()))
+
+
+def _resolve(spec: ComponentSpec | str, ctx: AgentContext) -> Component | None:
+    if isinstance(spec, str):
+        module_name, _, attr = spec.partition(":")
+        spec = getattr(importlib.import_module(module_name), attr)
+    if isinstance(spec, Component):
+        return spec
+    return spec(ctx)  # type: ignore[operator]
+
+
+class Agent:
+    """Owns every component task; `run()` returns the exit code."""
+
+    def __init__(self, ctx: AgentContext, components: list[Component], envoy: EnvoyComponent) -> None:
+        self.ctx = ctx
+        self.components = components
+        self.envoy = envoy
+        self.base_backoff = ctx.cfg.dataplane.resilient_component_base_backoff
+        self.max_backoff = ctx.cfg.dataplane.resilient_component_max_backoff
+        self.drain_time = ctx.cfg.dataplane.drain_time
+        self._tasks: dict[Component, asyncio.Task[None]] = {}
+        self._stopped = asyncio.Event()
+        self._exit_code = 0
+        self._term = asyncio.Event()
+        self._cut_short = asyncio.Event()
+        self._signals = 0
+        self._drained = False
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # -- component supervision -------------------------------------------------------------------------------
+    def _finish(self, code: int, reason: str) -> None:
+        if not self._stopped.is_set():
+            log.info("stopping the agent reason=%r", reason)
+            self._exit_code = code
+            self._stopped.set()
+
+    async def _supervise(self, comp: Component) -> None:
+        if comp.resilient:
+            await self._supervise_resilient(comp)
+            return
+        try:
+            await comp.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("component failed component=%s error=%r", comp.name, str(exc) or type(exc).__name__)
+            self._finish(1, f"{comp.name} failed: {exc}")
+            return
+        self._finish(0, f"{comp.name} exited")
+
+    async def _supervise_resilient(self, comp: Component) -> None:
+        attempt = 0
+        while True:
+            started = time.monotonic()
+            try:
+                await comp.run()
+                log.warning("resilient component returned component=%s", comp.name)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error("resilient component failed component=%s error=%r", comp.name, str(exc))
+            if time.monotonic() - started > self.max_backoff:
+                attempt = 0
+            delay = backoff_delay(attempt, self.base_backoff, self.max_backoff)
+            attempt += 1
+            comp.ready.clear()
+            log.info("restarting component=%s in=%.1fs", comp.name, delay)
+            await asyncio.sleep(delay)
+
+    async def _start_all(self) -> None:
+        for comp in self.components:
+            if self._stopped.is_set() or self._term.is_set():
+                return
+            log.debug("starting component=%s", comp.name)
+            task = asyncio.create_task(self._supervise(comp), name=f"component:{comp.name}")
+            self._tasks[comp] = task
+            if comp.resilient:
+                continue
+            ready = asyncio.create_task(comp.ready.wait())
+            try:
+                await asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                ready.cancel()
+            if task.done():
+                return
+        log.info("all components started")
+
+    async def _stop_component(self, comp: Component, timeout: float) -> None:
+        task = self._tasks.pop(comp, None)
+        if task is None:
+            return
+        task.cancel()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout)
+        except asyncio.CancelledError:
+            if not task.done():
+                raise
+        except TimeoutError:
+            log.warning("component did not stop in time component=%s", comp.name)
+        except Exception as exc:
+            log.debug("component stopped with error component=%s error=%r", comp.name, str(exc))
+
+    async def _stop_all(self) -> None:
+        """Envoy first (it holds the traffic), then the rest in reverse start order, the readiness reporter
+        last.
+        """
+        await self._stop_component(self.envoy, self.envoy.stop_timeout + 5.0)
+        rest = [c for c in reversed(self.components) if c is not self.envoy]
+        rest.sort(key=lambda c: isinstance(c, ReadinessReporter))
+        for comp in rest:
+            await self._stop_component(comp, 5.0)
+
+    # -- signals
+    # -------------------------------------------------------------------------------------------------
+    def _on_term(self, signame: str) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.info("received signal=%s: draining, then stopping", signame)
+            self.ctx.readiness.terminating = True
+            self._term.set()
+        elif self._signals == 2:
+            log.info("received signal=%s again: ending the drain wait", signame)
+            self._cut_short.set()
+        else:
+            log.warning("received signal=%s a third time: exiting now", signame)
+            self.envoy.kill_now()
+            logging.shutdown()
+            os._exit(1)
+
+    def _on_usr2(self) -> None:
+        log.info("received signal=SIGUSR2: draining inbound listeners")
+        task = asyncio.create_task(self._drain_inbound())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _drain_inbound(self) -> None:
+        try:
+            resp = await self.ctx.admin.drain_inbound()
+        except Exception as exc:
+            log.error("inbound drain failed error=%r", str(exc))
+            return
+        if resp.status == 200:
+            self._drained = True
+            log.info("inbound listeners draining; a SIGTERM now exits without waiting")
+        else:
+            log.error("inbound drain refused status=%d body=%r", resp.status, resp.text.strip())
+
+    # -- the one shutdown path
+    # -----------------------------------------------------------------------------------
+    async def _drain(self) -> None:
+        if self._drained:
+            log.info("already drained (SIGUSR2); stopping without waiting")
+            return
+        try:
+            resp = await self.ctx.admin.healthcheck_fail()
+            ok = resp.status == 200
+        except Exception as exc:
+            log.warning("POST /healthcheck/fail failed, not waiting for the drain error=%r", str(exc))
+            return
+        if not ok:
+            log.warning("POST /healthcheck/fail answered status=%d, not waiting for the drain", resp.status)
+            return
+        log.info("Envoy fails health checks; waiting drain_time=%gs (signal again to skip)", self.drain_time)
+        waiters = {asyncio.create_task(self._cut_short.wait()), asyncio.create_task(self._stopped.wait())}
+        try:
+            await asyncio.wait(waiters, timeout=self.drain_time, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        handled = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
+        loop.add_signal_handler(signal.SIGTERM, self._on_term, "SIGTERM")
+        loop.add_signal_handler(signal.SIGINT, self._on_term, "SIGINT")
+        loop.add_signal_handler(signal.SIGUSR2, self._on_usr2)
+        starter = asyncio.create_task(self._start_all(), name="agent:start")
+        waiters = {asyncio.create_task(self._stopped.wait()), asyncio.create_task(self._term.wait())}
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for w in waiters:
+                w.cancel()
+            if not starter.done():
+                starter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await starter
+            elif starter.exception() is not None:
+                self._finish(1, f"start-up failed: {starter.exception()}")
+            if self._term.is_set() and not self._stopped.is_set():
+                await self._drain()
+        finally:
+            await self._stop_all()
+            for task in self._background:
+                task.cancel()
+            for sig in handled:
+                loop.remove_signal_handler(sig)
+        log.info("agent stopped exit_code=%d", self._exit_code)
+        return self._exit_code
+
+
+def _build(
+    cfg: RunConfig,
+    bootstrap: Path,
+    *,
+    before_envoy: Iterable[ComponentSpec],
+    extra_components: Iterable[ComponentSpec],
+    envoy_binary: str | None,
+) -> tuple[Agent, ReadinessReporter]:
+    admin_address = admin_address_from_bootstrap(load_bootstrap(bootstrap))
+    rt = cfg.dataplane_runtime
+    ctx = AgentContext(
+        cfg=cfg,
+        bootstrap_path=bootstrap,
+        work_dir=Path(rt.work_dir) if rt.work_dir else bootstrap.parent,
+        admin=AdminClient(admin_address),
+        readiness=ReadinessState(),
+    )
+    host = readiness_bind_host(admin_address, on_kubernetes="POD_NAME" in os.environ)
+    sock = bind_readiness_socket(host, cfg.dataplane.readiness_port)
+    try:
+        if cfg.dataplane.readiness_port == 0:
+            log.info("readiness reporter: KUMA_READINESS_PORT=0, picked port=%d", sock.getsockname()[1])
+        binary = envoy_binary or str(find_envoy(rt.binary_path))
+        argv = build_command(
+            EnvoyOptions(
+                binary=binary,
+                config_path=str(bootstrap),
+                drain_time_s=cfg.dataplane.drain_time,
+                log_level=rt.envoy_log_level or cfg.log.level,
+                component_log_level=rt.envoy_component_log_level,
+                concurrency=rt.concurrency,
+            )
+        )
+        def _envoy_exited(code: int) -> None:
+            for hook in ctx.envoy_exit_hooks:
+                hook(code)
+
+        envoy = EnvoyComponent(argv, on_exit=_envoy_exited)
+        ctx.envoy = envoy
+        components: list[Component] = []
+        for spec in [*BEFORE_ENVOY, *before_envoy]:
+            comp = _resolve(spec, ctx)
+            if comp is not None:
+                components.append(comp)
+        components.append(envoy)
+        for spec in [*AFTER_ENVOY, *extra_components]:
+            comp = _resolve(spec, ctx)
+            if comp is not None:
+                components.append(comp)
+        reporter = ReadinessReporter(sock, ctx.readiness, ctx.admin)
+        components.append(reporter)
+    except BaseException:
+        sock.close()
+        raise
+    return Agent(ctx, components, envoy), reporter
+
+
+async def run_agent(
+    cfg: RunConfig,
+    bootstrap: str | os.PathLike[str],
+    *,
+    before_envoy: Iterable[ComponentSpec] = (),
+    extra_components: Iterable[ComponentSpec] = (),
+    envoy_binary: str | None = None,
+) -> int:
+    """Run Envoy and the side components until Envoy exits or a signal ends the run; returns the exit code.
+
+    Errors that prevent the start (readiness port taken, Envoy missing, bootstrap without admin address) are
+    logged as one line and give exit code 1.
+    """
+    from kuma_dp.envoy import AdminError, EnvoyNotFoundError
+
+    try:
+        agent, _ = _build(
+            cfg,
+            Path(bootstrap),
+            before_envoy=before_envoy,
+            extra_components=extra_components,
+            envoy_binary=envoy_binary,
+        )
+    except (ReadinessPortError, EnvoyNotFoundError, AdminError, OSError) as exc:
+        log.error("%s", exc)
+        return 1
+    return await agent.run()
+
+
+def run_agent_sync(cfg: RunConfig, bootstrap: str | os.PathLike[str], **kwargs: Any) -> int:
+    """`asyncio.run(run_agent(...))` for click commands."""
+    return asyncio.run(run_agent(cfg, bootstrap, **kwargs))

@@ -1,0 +1,45 @@
+"""Envoy: finding it, checking its version, its command line, supervising it, and its admin API."""
+
+from kuma_dp.envoy._admin import (
+    AdminAddress,
+    AdminClient,
+    AdminError,
+    HttpResponse,
+    admin_address_from_bootstrap,
+    http_request,
+    is_loopback_host,
+    load_bootstrap,
+)
+from kuma_dp.envoy._binary import (
+    EnvoyNotFoundError,
+    EnvoyVersion,
+    EnvoyVersionError,
+    envoy_version,
+    find_envoy,
+    is_compatible,
+    parse_version_output,
+)
+from kuma_dp.envoy._command import EnvoyOptions, build_command
+from kuma_dp.envoy._process import EnvoyComponent, EnvoyExitedError
+
+__all__ = [
+    "AdminAddress",
+    "AdminClient",
+    "AdminError",
+    "EnvoyComponent",
+    "EnvoyExitedError",
+    "EnvoyNotFoundError",
+    "EnvoyOptions",
+    "EnvoyVersion",
+    "EnvoyVersionError",
+    "HttpResponse",
+    "admin_address_from_bootstrap",
+    "build_command",
+    "envoy_version",
+    "find_envoy",
+    "http_request",
+    "is_compatible",
+    "is_loopback_host",
+    "load_bootstrap",
+    "parse_version_output",
+]

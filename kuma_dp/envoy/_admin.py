@@ -1,0 +1,200 @@
+"""A tiny HTTP/1.1 client for Envoy's admin API, over TCP or the unix socket the bootstrap names.
+
+Only a handful of calls are needed (`/ready`, `/healthcheck/fail`, `/drain_listeners`, `/server_info`), so a
+hand-written request over asyncio streams beats importing an HTTP library into every agent (start-up time
+and RSS, see bench/startup.py). Responses are read to EOF (`Connection: close`), chunked bodies are decoded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class AdminAddress:
+    """Where Envoy's admin API listens: `host`+`port`, or `socket_path` (Kuma ≥2.14 `kuma-envoy-admin.sock`).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 9901
+    socket_path: str | None = None
+
+    @property
+    def is_unix(self) -> bool:
+        return self.socket_path is not None
+
+    def __str__(self) -> str:
+        if self.socket_path is not None:
+            return f"unix:{self.socket_path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+
+class AdminError(RuntimeError):
+    """The admin API could not be reached or answered garbage."""
+
+
+def _get(d: dict[str, Any], camel: str, snake: str) -> Any:
+    return d.get(camel, d.get(snake))
+
+
+def admin_address_from_bootstrap(bootstrap: dict[str, Any]) -> AdminAddress:
+    """Read `admin.address` of an Envoy bootstrap (protojson camelCase as Kuma writes it, or snake_case)."""
+    admin = bootstrap.get("admin") or {}
+    address = admin.get("address") or {}
+    pipe = address.get("pipe")
+    if pipe and pipe.get("path"):
+        return AdminAddress(socket_path=str(pipe["path"]))
+    sock = _get(address, "socketAddress", "socket_address") or {}
+    host = str(sock.get("address") or "127.0.0.1")
+    port = int(_get(sock, "portValue", "port_value") or 0)
+    if not sock or port <= 0:
+        raise AdminError(
+            "the Envoy bootstrap has no admin address with a fixed port "
+            "(admin.address.socketAddress.portValue or admin.address.pipe.path); "
+            "kuma-dp needs it to drain and to report readiness"
+        )
+    if host in ("0.0.0.0", "::"):
+        # Envoy listens on every address; talk to it over loopback.
+        host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+    return AdminAddress(host=host, port=port)
+
+
+def load_bootstrap(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Parse a bootstrap YAML/JSON file (JSON is YAML); the C loader when present, since bootstraps can be
+    large.
+    """
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    data = yaml.load(Path(path).read_text(), Loader=loader)
+    if not isinstance(data, dict):
+        raise AdminError(f"{path} is not an Envoy bootstrap (a YAML mapping)")
+    return data
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _parse_response(raw: bytes) -> HttpResponse:
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    if not sep:
+        raise AdminError("incomplete HTTP response")
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        raise AdminError(f"not an HTTP response: {lines[0][:80]!r}")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        body = _dechunk(body)
+    elif "content-length" in headers:
+        body = body[: int(headers["content-length"])]
+    return HttpResponse(status=int(parts[1]), headers=headers, body=body)
+
+
+def _dechunk(data: bytes) -> bytes:
+    out = bytearray()
+    while data:
+        size_line, _, rest = data.partition(b"\r\n")
+        size = int(size_line.split(b";")[0].strip() or b"0", 16)
+        if size == 0:
+            break
+        out += rest[:size]
+        data = rest[size + 2 :]
+    return bytes(out)
+
+
+async def http_request(
+    address: AdminAddress,
+    method: str,
+    target: str,
+    *,
+    timeout: float = 1.0,
+    host_header: str | None = None,
+) -> HttpResponse:
+    """One request on a fresh connection. Raises AdminError on connect/read failure or timeout."""
+
+    async def _exchange() -> bytes:
+        if address.socket_path is not None:
+            reader, writer = await asyncio.open_unix_connection(address.socket_path)
+        else:
+            reader, writer = await asyncio.open_connection(address.host, address.port)
+        try:
+            host = host_header or ("localhost" if address.is_unix else str(address))
+            writer.write(
+                f"{method} {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: kuma-dp\r\n"
+                "Content-Length: 0\r\nConnection: close\r\n\r\n".encode("latin-1")
+            )
+            await writer.drain()
+            return await reader.read()
+        finally:
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except OSError:
+                pass
+
+    try:
+        raw = await asyncio.wait_for(_exchange(), timeout)
+    except TimeoutError as exc:
+        raise AdminError(f"{method} {target} on {address}: no answer within {timeout:g}s") from exc
+    except OSError as exc:
+        raise AdminError(f"{method} {target} on {address}: {exc.strerror or exc}") from exc
+    return _parse_response(raw)
+
+
+class AdminClient:
+    """The admin calls the agent makes; each returns the response or raises AdminError."""
+
+    def __init__(self, address: AdminAddress, *, timeout: float = 1.0) -> None:
+        self.address = address
+        self.timeout = timeout
+
+    async def get(self, target: str) -> HttpResponse:
+        return await http_request(self.address, "GET", target, timeout=self.timeout)
+
+    async def post(self, target: str) -> HttpResponse:
+        return await http_request(self.address, "POST", target, timeout=self.timeout)
+
+    async def ready(self) -> HttpResponse:
+        return await self.get("/ready")
+
+    async def healthcheck_fail(self) -> HttpResponse:
+        return await self.post("/healthcheck/fail")
+
+    async def drain_inbound(self) -> HttpResponse:
+        return await self.post("/drain_listeners?inboundonly&graceful&skip_exit")
+
+    async def server_info(self) -> dict[str, Any]:
+        import json
+
+        resp = await self.get("/server_info")
+        if resp.status != 200:
+            raise AdminError(f"GET /server_info on {self.address}: HTTP {resp.status}")
+        data: dict[str, Any] = json.loads(resp.body)
+        return data

