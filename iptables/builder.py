@@ -1,8 +1,8 @@
 """The pure rule builder: config + host facts -> ruleset model -> iptables-restore text.
 
-Rules, order and comments follow KUMA-DP.md §13.5-13.7. Nothing here touches the kernel, so the whole rule order
-is checked against Kuma's goldens in unit tests, and install, uninstall and `plan --diff` all derive from this one
-model (istio's lesson: never keep a separate list of what to clean up).
+Rules, order and comments follow KUMA-DP.md §13.5-13.7. Nothing here touches the kernel, so the whole rule
+order is checked against Kuma's goldens in unit tests, and install, uninstall and `plan --diff` all derive
+from this one model (istio's lesson: never keep a separate list of what to clean up).
 """
 
 from __future__ import annotations
