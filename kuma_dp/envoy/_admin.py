@@ -163,6 +163,8 @@ async def http_request(
         raw = await asyncio.wait_for(_exchange(), timeout)
     except TimeoutError as exc:
         raise AdminError(f"{method} {target} on {address}: no answer within {timeout:g}s") from exc
+    except ConnectionRefusedError as exc:
+        raise AdminError(f"{method} {target} on {address}: connection refused") from exc
     except OSError as exc:
         raise AdminError(f"{method} {target} on {address}: {exc.strerror or exc}") from exc
     return _parse_response(raw)
