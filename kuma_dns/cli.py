@@ -1,0 +1,105 @@
+"""`kuma-dp dns`: the DNS server on its own, for operators and tests.
+
+    kuma-dp dns --port PORT --records FILE [--upstream HOST:PORT ...] [--address ADDR ...]
+
+FILE holds a `/dns` payload (the JSON kuma-cp serves through Envoy) and is re-read when it changes.
+`--upstream` replaces the resolv.conf nameservers; search domains still come from `--resolv-conf`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+import click
+
+from .upstream import parse_hostport
+
+
+def _run_loop(coro_factory: object) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(coro_factory())  # type: ignore[operator]
+    except ImportError:
+        asyncio.run(coro_factory())  # type: ignore[operator]
+
+
+@click.command("dns")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=15053, show_default=True, help="UDP+TCP port (0: any)."
+)
+@click.option(
+    "--records",
+    "records",
+    type=click.Path(dir_okay=False),
+    required=True,
+    help="File with a /dns JSON payload; re-read when it changes.",
+)
+@click.option("--upstream", "upstreams", multiple=True, help="HOST:PORT to forward to (repeatable).")
+@click.option(
+    "--address", "addresses", multiple=True, help="Address to listen on (repeatable). Default 127.0.0.1."
+)
+@click.option(
+    "--resolv-conf", default="/etc/resolv.conf", show_default=True, help="Nameservers and search domains."
+)
+@click.option("--parallel/--in-order", default=False, help="Ask all upstreams at once (default: in order).")
+@click.option("--forward-unknown-mesh", is_flag=True, help="Forward unknown *.mesh names (default NXDOMAIN).")
+@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+def dns(
+    port: int,
+    records: str,
+    upstreams: tuple[str, ...],
+    addresses: tuple[str, ...],
+    resolv_conf: str,
+    parallel: bool,
+    forward_unknown_mesh: bool,
+    log_level: str,
+) -> None:
+    """Serve *.mesh names from a records file and forward everything else."""
+    from .component import DNSComponent, RecordsFileError
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        ups = [parse_hostport(u) for u in upstreams] if upstreams else None
+    except ValueError:
+        raise click.BadParameter(
+            f"{upstreams!r}: expected HOST:PORT, e.g. 127.0.0.1:53", param_hint="--upstream"
+        ) from None
+    comp = DNSComponent(
+        port=port,
+        addresses=addresses or ("127.0.0.1",),
+        upstreams=ups,
+        resolv_conf=resolv_conf,
+        parallel=parallel,
+        nxdomain_mesh=not forward_unknown_mesh,
+        records_file=records,
+    )
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.ensure_future(comp.run())
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        ready = asyncio.ensure_future(comp.ready.wait())
+        await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if comp.ready.is_set():
+            # One machine-readable line so scripts (and tests) learn the port when --port 0 was given.
+            print(f"listening port={comp.port}", flush=True)
+        ready.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+    try:
+        _run_loop(main)
+    except RecordsFileError as exc:
+        hint = '{"records": [], "ttl": 30}'
+        click.echo(f"Error: {exc} (write a /dns JSON payload there, e.g. {hint})", err=True)
+        sys.exit(2)
+    except OSError as exc:
+        click.echo(f"Error: {exc.strerror or exc}", err=True)
+        sys.exit(1)

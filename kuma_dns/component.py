@@ -1,0 +1,214 @@
+"""The DNS server as a `kuma-dp run` component (and the engine of `kuma-dp dns`).
+
+Order of events in `run()`: load the persisted last-known-good table (answers mesh names at once), bind the
+listeners, set `ready`; `has_records` is set by the first table from any source (it is the readiness gate of
+KUMA-DP.md §7). New tables arrive through `update()` (the dynconf `/dns` handler or an in-process push) or a
+watched records file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from prometheus_client.registry import REGISTRY, CollectorRegistry
+
+from kuma_dp.component import Component
+
+from .metrics import DNSMetrics
+from .server import DNSServer
+from .table import MeshTable, PayloadError, TableStore
+from .upstream import Address, Forwarder, read_resolv_conf
+
+if TYPE_CHECKING:
+    from kuma_dp.agent import AgentContext
+
+log = logging.getLogger("kuma_dns")
+
+DEFAULT_PORT = 15053
+
+
+def bind_addresses(transparent_proxy: bool, vnet: bool = False, ip_family: str = "dualstack") -> list[str]:
+    """Kuma's bind table (KUMA-DP.md §11.3): any address without tproxy, loopback with it, any with VNet."""
+    v6 = ip_family.lower() != "ipv4"
+    if not transparent_proxy:
+        return ["0.0.0.0"]
+    if vnet:
+        return ["0.0.0.0", "::"] if v6 else ["0.0.0.0"]
+    return ["127.0.0.1", "::1"] if v6 else ["127.0.0.1"]
+
+
+class DNSComponent(Component):
+    """Local DNS for `*.mesh`: call `update(payload_bytes, etag)` with each `/dns` body."""
+
+    name: ClassVar[str] = "dns"
+
+    def __init__(
+        self,
+        *,
+        port: int = DEFAULT_PORT,
+        addresses: Sequence[str] = ("127.0.0.1",),
+        workdir: str | os.PathLike[str] | None = None,
+        upstreams: Sequence[Address] | None = None,
+        resolv_conf: str | os.PathLike[str] = "/etc/resolv.conf",
+        parallel: bool = False,
+        nxdomain_mesh: bool = True,
+        stale_after: float = 300.0,
+        records_file: str | os.PathLike[str] | None = None,
+        registry: CollectorRegistry | None = None,
+        register_metrics: bool = True,
+        upstream_timeout: float = 2.0,
+        has_records: asyncio.Event | None = None,
+    ) -> None:
+        super().__init__()
+        #: Set by the first table from any source (persisted, dynconf, file, push): the readiness DNS gate.
+        self.has_records = has_records if has_records is not None else asyncio.Event()
+        rc = read_resolv_conf(resolv_conf)
+        self.search_domains = rc.search
+        chosen = list(upstreams) if upstreams is not None else list(rc.nameservers)
+        self.store = TableStore(
+            workdir=Path(workdir) if workdir else None,
+            search_domains=tuple(rc.search),
+            nxdomain_mesh=nxdomain_mesh,
+            stale_after=stale_after,
+        )
+        self.store.listeners.append(self._on_table)
+        self.metrics = DNSMetrics()
+        self.metrics.entries = lambda: len(self.store.current.names)
+        self.metrics.table_age = self.store.age
+        self._registry: CollectorRegistry | None = None
+        if register_metrics:
+            self._registry = registry if registry is not None else REGISTRY
+            self.metrics.register(self._registry)
+        self._port = port
+        self._addresses = list(addresses)
+        self._upstreams = chosen
+        self._parallel = parallel
+        self._timeout = upstream_timeout
+        self.records_file = Path(records_file) if records_file else None
+        self.server: DNSServer | None = None
+
+    # The API the config fetcher and in-process pushes use.
+    @property
+    def table(self) -> TableStore:
+        return self.store
+
+    def update(self, payload: bytes | str | Mapping[str, Any], etag: str | None = None) -> bool:
+        """Load a `/dns` payload (raises PayloadError, keeping the old table, if it is not valid)."""
+        return self.store.update(payload, etag=etag, source="dynconf" if etag else "push")
+
+    def not_modified(self) -> None:
+        self.store.confirm()
+
+    @property
+    def port(self) -> int:
+        return self.server.port if self.server else self._port
+
+    def _on_table(self, table: MeshTable) -> None:
+        if table.loaded:
+            self.has_records.set()
+
+    def _upstreams_without_self(self, port: int) -> list[Address]:
+        """Drop upstreams that are our own listeners (resolv.conf pointing at us would loop)."""
+        own = {(a, port) for a in self._addresses}
+        any_v4 = "0.0.0.0" in self._addresses
+        out = []
+        for host, p in self._upstreams:
+            if (host, p) in own or (any_v4 and p == port and host.startswith("127.")):
+                log.warning("dns: ignoring upstream %s:%d: it is this server", host, p)
+                continue
+            out.append((host, p))
+        return out
+
+    async def run(self) -> None:
+        if self.records_file is not None:
+            self._load_file(self.records_file, initial=True)
+        else:
+            self.store.load_persisted()
+        if self.store.current.loaded:
+            self.metrics.config_loaded(self.store.current.extra_labels)
+        forwarder = Forwarder([], self.metrics, timeout=self._timeout, parallel=self._parallel)
+        self.server = DNSServer(self.store, forwarder, self.metrics, self._addresses, self._port)
+        await self.server.start()
+        forwarder.upstreams = self._upstreams_without_self(self.server.port)
+        if not forwarder.upstreams:
+            log.warning("dns: no upstream nameservers: names outside the mesh get SERVFAIL")
+        self.ready.set()
+        try:
+            await self._housekeeping()
+        finally:
+            await self.server.close()
+            if self._registry is not None:
+                with contextlib.suppress(KeyError):
+                    self._registry.unregister(self.metrics)  # type: ignore[arg-type]
+                self._registry = None
+
+    async def _housekeeping(self) -> None:
+        """Stale-table warnings, and the records-file watch of `kuma-dp dns --records`."""
+        last = self._stat(self.records_file) if self.records_file else None
+        while True:
+            await asyncio.sleep(0.5 if self.records_file else 5.0)
+            self.store.check_stale()
+            if self.records_file is not None:
+                now = self._stat(self.records_file)
+                if now != last:
+                    last = now
+                    self._load_file(self.records_file, initial=False)
+
+    @staticmethod
+    def _stat(path: Path) -> tuple[int, int, int] | None:
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size, st.st_ino
+
+    def _load_file(self, path: Path, initial: bool) -> None:
+        try:
+            data = path.read_bytes()
+            self.store.update(data, source=f"file:{path}")
+        except (OSError, PayloadError) as exc:
+            if initial:
+                raise RecordsFileError(f"cannot load DNS records from {path}: {exc}") from exc
+            log.error("dns: keeping the current table: cannot load %s: %s", path, exc)
+        else:
+            self.store.confirm()
+
+
+class RecordsFileError(Exception):
+    """`--records FILE` is missing or not a `/dns` payload."""
+
+
+def from_agent(ctx: AgentContext) -> DNSComponent | None:
+    """Agent factory (`kuma_dns.component:from_agent` in BEFORE_ENVOY): the embedded DNS proxy when enabled.
+
+    It opens the readiness DNS gate and puts its `/dns` handler in `ctx.dynconf_handlers`, which
+    `kuma_dp.dynconf:from_agent` (after Envoy) registers with the config fetcher.
+    """
+    cfg = ctx.cfg
+    if not cfg.dns.enabled or cfg.dns.proxy_port == 0:
+        return None
+    rt = cfg.dataplane_runtime
+    tproxy = bool(rt.transparent_proxy or rt.transparent_proxy_config)
+    addresses = bind_addresses(tproxy, vnet=False, ip_family="dualstack" if rt.ipv6_enabled else "ipv4")
+    if not tproxy:
+        # Deviation: Kuma binds 0.0.0.0 here, an open resolver on every interface; nothing redirects to it
+        # without the transparent proxy, so loopback is enough (and safe).
+        addresses = ["127.0.0.1"]
+    comp = DNSComponent(
+        port=cfg.dns.proxy_port,
+        addresses=addresses,
+        workdir=ctx.work_dir,
+        has_records=ctx.enable_dns_gate(),
+    )
+    handlers = getattr(ctx, "dynconf_handlers", None)
+    if handlers is None:
+        handlers = {}
+        ctx.dynconf_handlers = handlers  # type: ignore[attr-defined]
+    handlers["/dns"] = (comp.update, comp.not_modified)
+    return comp

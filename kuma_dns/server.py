@@ -1,0 +1,313 @@
+"""The DNS server: asyncio UDP and TCP listeners around one packet handler.
+
+`DNSServer.answer_local(packet)` is the hot path: for a well-formed query for a mesh name it returns the reply
+bytes (precomputed answer + the client's ID, flags and question), else None. `DNSServer.process(packet, tcp)`
+is the full path (slow checks, FORMERR/NOTIMP, NXDOMAIN under `.mesh`, forwarding); it never raises: a bug or
+an upstream failure gives SERVFAIL, a packet that is not a query is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+import struct
+import time
+from collections.abc import Sequence
+
+from . import _wire as w
+from .metrics import DNSMetrics
+from .table import Answer, MeshTable, TableStore, build_answer
+from .upstream import Forwarder
+
+log = logging.getLogger("kuma_dns.server")
+
+#: Outstanding slow-path (forwarded) UDP queries before new ones are dropped (dnsmasq's default is 150).
+MAX_PENDING = 2048
+MAX_TCP_CLIENTS = 256
+TCP_IDLE_TIMEOUT = 10.0
+_OPT_HEAD = b"\x00\x00\x29"
+
+
+class DNSServer:
+    """Answers mesh names from the current table and forwards the rest."""
+
+    def __init__(
+        self,
+        store: TableStore,
+        forwarder: Forwarder | None,
+        metrics: DNSMetrics,
+        addresses: Sequence[str] = ("127.0.0.1",),
+        port: int = 15053,
+    ) -> None:
+        self.store = store
+        self.forwarder = forwarder
+        self.metrics = metrics
+        self.addresses = list(addresses)
+        self.port = port
+        self._answers = store.current.answers
+        self._table = store.current
+        store.listeners.append(self._on_table)
+        self._pending: set[asyncio.Task[None]] = set()
+        self._transports: list[asyncio.DatagramTransport] = []
+        self._tcp_servers: list[asyncio.Server] = []
+        self._tcp_clients = 0
+        self.bound: list[tuple[str, int]] = []
+        self._multi_q_logged = False
+
+    def _on_table(self, table: MeshTable) -> None:
+        # One assignment each: a query sees the old table or the new one.
+        self._table = table
+        self._answers = table.answers
+        if table.loaded:
+            self.metrics.config_loaded(table.extra_labels)
+
+    # -- hot path -----------------------------------------------------------------------------------------
+
+    def answer_local(self, data: bytes) -> bytes | None:
+        """Reply bytes for a plain query for a known mesh name, else None (the caller takes the slow path)."""
+        start = time.perf_counter()
+        # QR=0, opcode 0, AA=0, TC=0; one question, no answer/authority; at most one additional (the OPT).
+        if len(data) < 17 or data[2] & 0xFE or data[4:10] != b"\x00\x01\x00\x00\x00\x00":
+            return None
+        e = data.find(b"\x00", 12)
+        if e < 0:
+            return None
+        qend = e + 5
+        ans = self._answers.get(data[12:qend].lower())
+        if ans is None:
+            return None
+        ar = data[10:12]
+        n = len(data)
+        if ar == b"\x00\x00":
+            if n != qend or ans.tail is None:
+                return None
+            resp = (
+                data[0:2]
+                + bytes((0x84 | (data[2] & 0x01), ans.flags3 | (data[3] & 0x10)))
+                + ans.counts
+                + data[12:qend]
+                + ans.tail
+            )
+        elif (
+            ar == b"\x00\x01"
+            and data[qend : qend + 3] == _OPT_HEAD
+            and n >= qend + 11
+            and data[qend + 6] == 0
+        ):
+            if n != qend + 11 + ((data[qend + 9] << 8) | data[qend + 10]):
+                return None
+            resp = (
+                data[0:2]
+                + bytes((0x84 | (data[2] & 0x01), ans.flags3 | (data[3] & 0x10)))
+                + ans.counts_edns
+                + data[12:qend]
+                + ans.tail_edns
+            )
+        else:
+            return None
+        m = self.metrics
+        m.queries[ans.local_kind][0] += 1
+        m.rcodes["noerror"] += 1
+        m.request_duration.observe(time.perf_counter() - start)
+        return resp
+
+    # -- full path ----------------------------------------------------------------------------------------
+
+    async def process(self, data: bytes, tcp: bool = False) -> bytes | None:
+        """Answer any packet; None means drop (not a query, or too short to carry an ID)."""
+        resp = self.answer_local(data)
+        if resp is not None:
+            return resp  # counted by answer_local
+        start = time.perf_counter()
+        try:
+            resp = await self._process(data, tcp)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("dns: handler error; answering SERVFAIL")
+            resp = w.error_response(data, w.RCODE_SERVFAIL, -1, False) if len(data) >= 12 else None
+        if resp is not None:
+            self.metrics.rcode(resp[3] & 0x0F)
+            self.metrics.request_duration.observe(time.perf_counter() - start)
+        return resp
+
+    async def _process(self, data: bytes, tcp: bool) -> bytes | None:
+        m = self.metrics
+        if len(data) < 12 or data[2] & 0x80:
+            m.malformed += 1
+            return None  # never answer a response (reflection loops) or a fragment
+        qd = w.U16.unpack_from(data, 4)[0]
+        qend = w.question_end(data) if qd >= 1 else -1
+        opcode = (data[2] >> 3) & 0x0F
+        if opcode != 0:
+            return w.error_response(data, w.RCODE_NOTIMP, qend, False)
+        if qd > 1 and not self._multi_q_logged:
+            log.warning("dns: query with %d questions: answering FORMERR", qd)
+            self._multi_q_logged = True
+        info = w.parse_query(data)
+        if info is None:
+            m.malformed += 1
+            return w.error_response(data, w.RCODE_FORMERR, qend if qd == 1 else -1, False)
+        kind = 0 if info.qtype == w.QTYPE_A else 1 if info.qtype == w.QTYPE_AAAA else 2
+        qname = info.key[:-5]
+        table = self._table
+        ans = table.answers.get(info.key[:-1])
+        if ans is None and table.is_mesh_name(qname):
+            # A mesh name asked for another type: authoritative NODATA. Forwarding (as kuma-dp does) would
+            # get NXDOMAIN from upstream, which RFC 2308 caches for *every* type of the name.
+            ans = build_nodata(qname, table.ttl)
+        if ans is None:
+            ans = table.nxdomain(qname)
+        if ans is not None:
+            m.queries[kind][0] += 1
+            return self._local_reply(data, info, ans, tcp)
+        m.queries[kind][1] += 1
+        if self.forwarder is None:
+            return w.error_response(data, w.RCODE_SERVFAIL, info.qend, info.edns)
+        resp = await self.forwarder.resolve(data, info, tcp)
+        if not tcp:
+            resp = w.truncate_for_udp(resp, info.qend, info.udp_size, info.edns)
+        return resp
+
+    @staticmethod
+    def _local_reply(data: bytes, info: w.QueryInfo, ans: Answer, tcp: bool) -> bytes:
+        flags = bytes((0x84 | (data[2] & 0x01), ans.flags3 | (data[3] & 0x10)))
+        if info.edns:
+            resp = data[0:2] + flags + ans.counts_edns + data[12 : info.qend] + ans.tail_edns
+        else:
+            body = ans.tail_edns[: -len(w.opt_record())]
+            resp = data[0:2] + flags + ans.counts + data[12 : info.qend] + body
+        if not tcp:
+            resp = w.truncate_for_udp(resp, info.qend, info.udp_size, info.edns)
+        return resp
+
+    # -- listeners ----------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind UDP and TCP on every address (IPv6 sockets v6-only); port 0 picks one port for all."""
+        loop = asyncio.get_running_loop()
+        port = self.port
+        try:
+            for host in self.addresses:
+                family = socket.AF_INET6 if ":" in host else socket.AF_INET
+                usock = socket.socket(family, socket.SOCK_DGRAM)
+                try:
+                    if family == socket.AF_INET6:
+                        usock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                    with contextlib.suppress(OSError):
+                        usock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+                    usock.bind((host, port))
+                except OSError:
+                    usock.close()
+                    raise
+                port = usock.getsockname()[1]
+                transport, _ = await loop.create_datagram_endpoint(lambda: _UDPProtocol(self), sock=usock)
+                self._transports.append(transport)  # type: ignore[arg-type]
+                tsock = socket.socket(family, socket.SOCK_STREAM)
+                try:
+                    tsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    if family == socket.AF_INET6:
+                        tsock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                    tsock.bind((host, port))
+                except OSError:
+                    tsock.close()
+                    raise
+                srv = await asyncio.start_server(self._tcp_client, sock=tsock, backlog=256)
+                self._tcp_servers.append(srv)
+                self.bound.append((host, port))
+        except OSError as exc:
+            await self.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise OSError(
+                    exc.errno,
+                    f"DNS port {port} on {host} is in use: pick another with --dns-proxy-port/--port",
+                ) from exc
+            raise
+        self.port = port
+        log.info(
+            "dns server listening addresses=%s port=%d transports=udp,tcp", ",".join(self.addresses), port
+        )
+
+    async def close(self) -> None:
+        for t in self._transports:
+            t.close()
+        self._transports.clear()
+        for s in self._tcp_servers:
+            s.close()
+        for t in list(self._pending):
+            t.cancel()
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+        for s in self._tcp_servers:
+            with contextlib.suppress(Exception):
+                await s.wait_closed()
+        self._tcp_servers.clear()
+
+    def spawn(self, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _udp_slow(self, transport: asyncio.DatagramTransport, data: bytes, addr: object) -> None:
+        resp = await self.process(data, tcp=False)
+        if resp is not None and not transport.is_closing():
+            transport.sendto(resp, addr)
+
+    async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._tcp_clients >= MAX_TCP_CLIENTS:
+            writer.close()
+            return
+        self._tcp_clients += 1
+        task = asyncio.current_task()
+        if task is not None:
+            self._pending.add(task)  # type: ignore[arg-type]
+        try:
+            while True:
+                async with asyncio.timeout(TCP_IDLE_TIMEOUT):
+                    head = await reader.readexactly(2)
+                    data = await reader.readexactly(struct.unpack("!H", head)[0])
+                resp = await self.process(data, tcp=True)
+                if resp is None:
+                    break
+                writer.write(struct.pack("!H", len(resp)) + resp)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+            pass
+        finally:
+            self._tcp_clients -= 1
+            if task is not None:
+                self._pending.discard(task)  # type: ignore[arg-type]
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+
+def build_nodata(qname: bytes, ttl: int) -> Answer:
+    return build_answer(qname, w.RCODE_NOERROR, [], ttl, 2)
+
+
+class _UDPProtocol(asyncio.DatagramProtocol):
+    __slots__ = ("answer", "server", "transport")
+
+    def __init__(self, server: DNSServer) -> None:
+        self.server = server
+        self.answer = server.answer_local
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        resp = self.answer(data)
+        if resp is not None:
+            self.transport.sendto(resp, addr)  # type: ignore[union-attr]
+            return
+        if len(self.server._pending) >= MAX_PENDING:
+            return  # overloaded: drop, the client retries
+        self.server.spawn(self.server._udp_slow(self.transport, data, addr))  # type: ignore[arg-type]
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # ICMP errors for replies to clients that went away

@@ -1,0 +1,355 @@
+"""The mesh name table: Kuma's `/dns` payload turned into precomputed wire answers.
+
+A `MeshTable` is immutable and built off the hot path whenever the payload changes: every name (lower-cased,
+plus its form under each resolv.conf search domain) maps, per query type, to the exact bytes that follow the
+question in the reply. Serving a query is then a dict lookup and a concatenation (see `kuma_dns.server`).
+
+`TableStore` holds the current table, swaps it atomically (one reference assignment: a reader sees the old
+table or the new one, never a mix), and persists the last-known-good payload to the work directory so a
+restarted agent answers mesh names from its first millisecond and through control-plane outages (no peer
+does this; PEERS.md §8.1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import logging
+import os
+import struct
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kuma_dp.fsutil import atomic_write
+
+from . import _wire as w
+
+log = logging.getLogger("kuma_dns.table")
+
+#: File in the work dir holding the last-known-good payload (with its ETag and when it was fetched).
+PERSIST_NAME = "kuma-dns-table.json"
+PERSIST_VERSION = 1
+DEFAULT_TTL = 30
+MESH_SUFFIX = b"\x04mesh\x00"
+
+_A = struct.pack("!HH", w.QTYPE_A, w.CLASS_IN)
+_AAAA = struct.pack("!HH", w.QTYPE_AAAA, w.CLASS_IN)
+
+
+class PayloadError(ValueError):
+    """The `/dns` payload (or a records file) is not what kuma-cp sends."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    name: str  # lower-case, no trailing dot
+    a: tuple[str, ...]
+    aaaa: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Payload:
+    """The decoded `/dns` payload: `{records: [{name, ips}], ttl, extraLabels}` (KUMA-DP.md §11.3)."""
+
+    records: tuple[Record, ...]
+    ttl: int
+    extra_labels: Mapping[str, str]
+    raw: Mapping[str, Any]
+
+
+def parse_payload(data: bytes | str | Mapping[str, Any]) -> Payload:
+    """Decode and check a payload; invalid IPs and names are skipped with a warning, as kuma-dp does."""
+    if isinstance(data, bytes | str):
+        try:
+            obj = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise PayloadError(
+                f"DNS payload is not JSON ({exc}); expected the /dns body from kuma-cp"
+            ) from exc
+    else:
+        obj = data
+    if not isinstance(obj, Mapping):
+        raise PayloadError("DNS payload must be a JSON object with a 'records' list")
+    records = obj.get("records")
+    if records is None:
+        records = []
+    if not isinstance(records, list):
+        raise PayloadError("DNS payload field 'records' must be a list of {name, ips}")
+    ttl = obj.get("ttl", DEFAULT_TTL)
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 <= ttl <= 0x7FFFFFFF:
+        raise PayloadError(f"DNS payload field 'ttl' must be a non-negative integer, got {ttl!r}")
+    labels = obj.get("extraLabels") or {}
+    if not isinstance(labels, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+    ):
+        raise PayloadError("DNS payload field 'extraLabels' must map strings to strings")
+    merged: dict[str, tuple[list[str], list[str]]] = {}
+    for rec in records:
+        if not isinstance(rec, Mapping) or not isinstance(rec.get("name"), str):
+            log.warning("dns: skipping record without a string name: %.100r", rec)
+            continue
+        name = rec["name"].rstrip(".").lower()
+        try:
+            w.name_to_wire(name)
+        except (ValueError, UnicodeError) as exc:
+            log.warning("dns: skipping record with invalid name %r: %s", rec["name"], exc)
+            continue
+        a, aaaa = merged.setdefault(name, ([], []))
+        ips = rec.get("ips") or []
+        if not isinstance(ips, list):
+            log.warning("dns: skipping non-list ips of %s", name)
+            continue
+        for ip in ips:
+            try:
+                addr = ipaddress.ip_address(ip) if isinstance(ip, str) else None
+            except ValueError:
+                addr = None
+            if addr is None:
+                log.warning("dns: skipping invalid IP %r of %s", ip, name)
+                continue
+            # kuma-dp checks for '.' first: "::ffff:1.2.3.4" is an A record.
+            if addr.version == 4:
+                a.append(str(addr))
+            elif "." in ip and addr.ipv4_mapped is not None:
+                a.append(str(addr.ipv4_mapped))
+            else:
+                aaaa.append(str(addr))
+    recs = tuple(Record(n, tuple(a), tuple(aaaa)) for n, (a, aaaa) in sorted(merged.items()))
+    return Payload(recs, ttl, dict(labels), obj)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """Everything of a reply except the ID, the flag bits copied from the query, and the question itself."""
+
+    flags3: int  # second flag byte without CD: RA + rcode
+    counts: bytes  # QD/AN/NS/AR without EDNS0
+    tail: bytes | None  # answer+authority sections; None when too big for 512-byte UDP (slow path truncates)
+    counts_edns: bytes
+    tail_edns: bytes  # with our OPT appended
+    rcode: int
+    local_kind: int  # 0 = A, 1 = AAAA, 2 = other (metrics)
+
+
+def _rr(rtype: int, ttl: int, rdata: bytes) -> bytes:
+    # Owner = compression pointer to the question name at offset 12: valid for any case the client used.
+    return b"\xc0\x0c" + struct.pack("!HHIH", rtype, w.CLASS_IN, ttl, len(rdata)) + rdata
+
+
+def _soa(owner_ptr: int, ttl: int) -> bytes:
+    """Authority SOA for `mesh.` so caches downstream of us apply RFC 2308 negative TTLs."""
+    mname = b"\x02ns" + struct.pack("!H", 0xC000 | owner_ptr)
+    rname = b"\x0ahostmaster" + struct.pack("!H", 0xC000 | owner_ptr)
+    rdata = mname + rname + struct.pack("!IIIII", 1, ttl, ttl, ttl, ttl)
+    return struct.pack("!HHHIH", 0xC000 | owner_ptr, w.QTYPE_SOA, w.CLASS_IN, ttl, len(rdata)) + rdata
+
+
+def build_answer(qname_wire: bytes, rcode: int, rrs: list[bytes], soa_ttl: int | None, kind: int) -> Answer:
+    """Encode one reply; `qname_wire` is only used for sizes and the `mesh.` suffix offset."""
+    ns: list[bytes] = []
+    if not rrs and soa_ttl is not None and qname_wire.endswith(MESH_SUFFIX):
+        ns.append(_soa(12 + len(qname_wire) - len(MESH_SUFFIX), soa_ttl))
+    body = b"".join(rrs) + b"".join(ns)
+    counts = struct.pack("!HHHH", 1, len(rrs), len(ns), 0)
+    counts_edns = struct.pack("!HHHH", 1, len(rrs), len(ns), 1)
+    size = 12 + len(qname_wire) + 4 + len(body)
+    tail = body if size <= w.CLASSIC_UDP_SIZE else None
+    return Answer(0x80 | rcode, counts, tail, counts_edns, body + w.opt_record(), rcode, kind)
+
+
+@dataclass(frozen=True)
+class MeshTable:
+    """An immutable, fully encoded table; `answers` is what the hot path reads."""
+
+    answers: dict[bytes, Answer]
+    names: frozenset[str]
+    ttl: int
+    extra_labels: Mapping[str, str]
+    digest: str
+    loaded: bool  # False only for the empty table before any payload: then everything is forwarded
+    wire_names: frozenset[bytes] = frozenset()  # every answered name (with search forms), lower-case wire
+    nxdomain_mesh: bool = True
+
+    def lookup(self, qname_wire_lower: bytes, qtype: int) -> Answer | None:
+        """Slow-path lookup (the hot path indexes `answers` itself)."""
+        return self.answers.get(qname_wire_lower + struct.pack("!HH", qtype, w.CLASS_IN))
+
+    def nxdomain(self, qname_wire_lower: bytes) -> Answer | None:
+        """NXDOMAIN for an unknown name under `.mesh` once a table is loaded (before that: forward)."""
+        if self.loaded and self.nxdomain_mesh and qname_wire_lower.endswith(MESH_SUFFIX):
+            return build_answer(qname_wire_lower, w.RCODE_NXDOMAIN, [], self.ttl, 2)
+        return None
+
+    def is_mesh_name(self, qname_wire_lower: bytes) -> bool:
+        return qname_wire_lower in self.wire_names
+
+
+def build_table(
+    payload: Payload, search_domains: Iterable[str] = (), nxdomain_mesh: bool = True
+) -> MeshTable:
+    """Encode every answer of a payload (pure: same input, same bytes)."""
+    answers: dict[bytes, Answer] = {}
+    wire_names: set[bytes] = set()
+    ttl = payload.ttl
+    suffixes = [""] + [f".{d.strip('.').lower()}" for d in search_domains if d.strip(".")]
+    for rec in payload.records:
+        a_rr = [_rr(w.QTYPE_A, ttl, ipaddress.IPv4Address(ip).packed) for ip in rec.a]
+        aaaa_rr = [_rr(w.QTYPE_AAAA, ttl, ipaddress.IPv6Address(ip).packed) for ip in rec.aaaa]
+        for suffix in suffixes:
+            try:
+                qn = w.name_to_wire(rec.name + suffix)
+            except (ValueError, UnicodeError):
+                continue  # too long with this search domain
+            if suffix and qn in wire_names:
+                continue  # a real record wins over a search-domain form
+            qn = qn.lower()
+            wire_names.add(qn)
+            answers[qn + _A] = build_answer(qn, w.RCODE_NOERROR, a_rr, ttl, 0)
+            answers[qn + _AAAA] = build_answer(qn, w.RCODE_NOERROR, aaaa_rr, ttl, 1)
+    canon = json.dumps(
+        {
+            "records": [[r.name, r.a, r.aaaa] for r in payload.records],
+            "ttl": ttl,
+            "labels": payload.extra_labels,
+        },
+        sort_keys=True,
+    )
+    return MeshTable(
+        answers=answers,
+        names=frozenset(r.name for r in payload.records),
+        ttl=ttl,
+        extra_labels=dict(payload.extra_labels),
+        digest=hashlib.sha256(canon.encode()).hexdigest(),
+        loaded=True,
+        wire_names=frozenset(wire_names),
+        nxdomain_mesh=nxdomain_mesh,
+    )
+
+
+def empty_table() -> MeshTable:
+    return MeshTable({}, frozenset(), DEFAULT_TTL, {}, "", loaded=False)
+
+
+@dataclass
+class TableStore:
+    """The current table, swapped atomically; persisted when a `workdir` is given.
+
+    `update()` is what the dynconf `/dns` handler, the records-file watcher and in-process pushes call.
+    """
+
+    workdir: Path | None = None
+    search_domains: tuple[str, ...] = ()
+    nxdomain_mesh: bool = True
+    stale_after: float = 300.0
+    clock: Callable[[], float] = time.time
+    current: MeshTable = field(default_factory=empty_table)
+    etag: str | None = None
+    #: Wall-clock time the source last confirmed the table (200 or 304); persisted tables keep their time.
+    confirmed_at: float | None = None
+    source: str = "none"
+    generation: int = 0
+    listeners: list[Callable[[MeshTable], None]] = field(default_factory=list)
+    _stale_logged: bool = False
+
+    @property
+    def persist_path(self) -> Path | None:
+        return self.workdir / PERSIST_NAME if self.workdir else None
+
+    def age(self) -> float | None:
+        """Seconds since the source last confirmed the table; None before any table."""
+        return None if self.confirmed_at is None else max(0.0, self.clock() - self.confirmed_at)
+
+    def update(
+        self, data: bytes | str | Mapping[str, Any], etag: str | None = None, source: str = "push"
+    ) -> bool:
+        """Load a payload; returns True if the table changed. Raises PayloadError and keeps the old table."""
+        payload = parse_payload(data)
+        table = build_table(payload, self.search_domains, self.nxdomain_mesh)
+        now = self.clock()
+        changed = table.digest != self.current.digest or not self.current.loaded
+        self.etag = etag
+        self.confirmed_at = now
+        self.source = source
+        self._stale_logged = False
+        if changed:
+            self._swap(table)
+            log.info(
+                "dns table loaded source=%s names=%d generation=%d etag=%s",
+                source,
+                len(table.names),
+                self.generation,
+                etag or "-",
+            )
+            self._persist(payload, etag, now)
+        return changed
+
+    def confirm(self) -> None:
+        """The source said "unchanged" (304): the table is fresh again."""
+        if self.current.loaded:
+            self.confirmed_at = self.clock()
+            self._stale_logged = False
+
+    def check_stale(self) -> bool:
+        """Log once when the table is older than `stale_after`; returns whether it is stale."""
+        age = self.age()
+        stale = age is not None and age > self.stale_after
+        if stale and not self._stale_logged:
+            log.warning(
+                "dns table is stale age=%.0fs bound=%.0fs source=%s: still answering from it",
+                age,
+                self.stale_after,
+                self.source,
+            )
+            self._stale_logged = True
+        return stale
+
+    def load_persisted(self) -> bool:
+        """Serve the last-known-good table at start; a bad file is logged and ignored (never fatal)."""
+        path = self.persist_path
+        if path is None or not path.exists():
+            return False
+        try:
+            doc = json.loads(path.read_bytes())
+            if not isinstance(doc, dict) or doc.get("version") != PERSIST_VERSION:
+                raise PayloadError(
+                    f"unknown format version {doc.get('version') if isinstance(doc, dict) else doc!r}"
+                )
+            payload = parse_payload(doc["payload"])
+            saved = float(doc.get("fetchedAt", 0))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning(
+                "dns: ignoring persisted table %s: %s (it is rewritten on the next update)", path, exc
+            )
+            return False
+        self._swap(build_table(payload, self.search_domains, self.nxdomain_mesh))
+        self.etag = doc.get("etag")
+        self.confirmed_at = saved
+        self.source = "persisted"
+        log.info(
+            "dns table loaded source=persisted names=%d age=%.0fs path=%s",
+            len(payload.records),
+            max(0.0, self.clock() - saved),
+            path,
+        )
+        return True
+
+    def _swap(self, table: MeshTable) -> None:
+        self.current = table
+        self.generation += 1
+        for fn in list(self.listeners):
+            fn(table)
+
+    def _persist(self, payload: Payload, etag: str | None, now: float) -> None:
+        path = self.persist_path
+        if path is None:
+            return
+        doc = {"version": PERSIST_VERSION, "etag": etag, "fetchedAt": now, "payload": dict(payload.raw)}
+        try:
+            os.makedirs(path.parent, exist_ok=True)
+            atomic_write(path, json.dumps(doc, separators=(",", ":")))
+        except OSError as exc:
+            log.warning("dns: cannot persist table to %s: %s (answers are unaffected)", path, exc)

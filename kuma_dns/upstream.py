@@ -1,0 +1,342 @@
+"""Forwarding of non-mesh names: every resolv.conf nameserver, a TTL cache, and no hangs.
+
+What kuma-dp does (KUMA-DP.md §11.3: first nameserver only, UDP only, no cache, no truncation) is what users
+complain about (PEERS.md §7). Here:
+
+* all nameservers, in order (or in parallel), failing over on timeouts, network errors, SERVFAIL and REFUSED;
+* the client's transport; over UDP we advertise EDNS0 (1232) upstream and retry over TCP when TC is set;
+* a cache keyed by (name, type, class, DO) honouring TTLs (counted down on every hit), negative caching from
+  the SOA (RFC 2308), serve-stale when every upstream fails (RFC 8767), identical in-flight queries merged;
+* every exchange bounded by a deadline: upstream failure gives SERVFAIL, never a hang.
+
+Loops: under the transparent proxy the agent runs as the excluded uid (5678), so these sockets are not
+redirected back to us; we bind no special source address. The server also drops its own listen addresses
+from the upstream list (a resolv.conf that points at ourselves would otherwise loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import struct
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import _wire as w
+from .metrics import DNSMetrics
+
+log = logging.getLogger("kuma_dns.upstream")
+
+Address = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvConf:
+    nameservers: tuple[Address, ...]
+    search: tuple[str, ...]
+
+
+def parse_resolv_conf(text: str) -> ResolvConf:
+    """The parts of resolv.conf(5) we use: `nameserver` lines (all) and the last `search`/`domain` line."""
+    servers: list[Address] = []
+    search: tuple[str, ...] = ()
+    for line in text.splitlines():
+        fields = line.split("#", 1)[0].split(";", 1)[0].split()
+        if len(fields) < 2:
+            continue
+        if fields[0] == "nameserver":
+            host = fields[1].split("%", 1)[0]  # drop an IPv6 zone id
+            servers.append((host, 53))
+        elif fields[0] in ("search", "domain"):
+            search = tuple(d.strip(".") for d in fields[1:] if d.strip("."))
+    return ResolvConf(tuple(servers), search)
+
+
+def read_resolv_conf(path: str | Path = "/etc/resolv.conf") -> ResolvConf:
+    try:
+        return parse_resolv_conf(Path(path).read_text())
+    except OSError as exc:
+        log.warning("dns: cannot read %s: %s; no upstream nameservers and no search domains", path, exc)
+        return ResolvConf((), ())
+
+
+def parse_hostport(value: str, default_port: int = 53) -> Address:
+    """`HOST:PORT`, `HOST`, `[V6]:PORT` or a bare IPv6 address."""
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else default_port
+    if value.count(":") == 1:
+        host, port = value.split(":")
+        return host, int(port)
+    return value, default_port
+
+
+class UpstreamError(Exception):
+    """No upstream gave a usable answer."""
+
+
+class _UDPExchange(asyncio.DatagramProtocol):
+    def __init__(self, fut: asyncio.Future[bytes], qid: bytes) -> None:
+        self.fut = fut
+        self.qid = qid
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        # Connected socket: only the server's address reaches us; still check the ID and QR (spoofing).
+        if len(data) >= 12 and data[0:2] == self.qid and data[2] & 0x80 and not self.fut.done():
+            self.fut.set_result(data)
+
+    def error_received(self, exc: Exception) -> None:
+        if not self.fut.done():
+            self.fut.set_exception(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.fut.done():
+            self.fut.set_exception(exc or ConnectionError("closed"))
+
+
+async def udp_exchange(server: Address, query: bytes, timeout: float) -> bytes:
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[bytes] = loop.create_future()
+    transport, _ = await loop.create_datagram_endpoint(
+        lambda: _UDPExchange(fut, query[0:2]), remote_addr=server
+    )
+    try:
+        transport.sendto(query)
+        async with asyncio.timeout(timeout):
+            return await fut
+    finally:
+        transport.close()
+
+
+async def tcp_exchange(server: Address, query: bytes, timeout: float) -> bytes:
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection(server[0], server[1])
+        try:
+            writer.write(struct.pack("!H", len(query)) + query)
+            await writer.drain()
+            while True:
+                n = struct.unpack("!H", await reader.readexactly(2))[0]
+                data = await reader.readexactly(n)
+                if len(data) >= 12 and data[0:2] == query[0:2] and data[2] & 0x80:
+                    return data
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+
+@dataclass(slots=True)
+class CacheEntry:
+    response: bytes  # upstream's reply, ID and question as first asked
+    qend: int
+    ttl_offsets: list[int]
+    stored: float
+    ttl: int
+    # Memo of the TTL-adjusted bytes for the current second (most hits land in the same second).
+    memo_elapsed: int = -1
+    memo: bytes = b""
+
+
+class Cache:
+    """An LRU of upstream answers, with TTL countdown and a stale window."""
+
+    def __init__(self, size: int, max_ttl: int, max_stale: float, clock: Callable[[], float]) -> None:
+        self.size = size
+        self.max_ttl = max_ttl
+        self.max_stale = max_stale
+        self.clock = clock
+        self.entries: OrderedDict[bytes, CacheEntry] = OrderedDict()
+
+    def put(self, key: bytes, response: bytes, qend: int) -> None:
+        if self.size <= 0 or len(response) < 12 or response[2] & 0x02:  # TC answers are never cached
+            return
+        rcode = response[3] & 0x0F
+        parsed = w.rr_ttl_offsets(response)
+        if parsed is None:
+            return
+        offsets, min_ttl = parsed
+        an = w.U16.unpack_from(response, 6)[0]
+        if rcode == w.RCODE_NXDOMAIN or (rcode == w.RCODE_NOERROR and an == 0):
+            neg = w.negative_ttl(response)
+            if neg is None:
+                return  # RFC 2308 §5: no SOA, no negative caching
+            ttl = neg
+        elif rcode == w.RCODE_NOERROR:
+            ttl = min_ttl
+        else:
+            return
+        ttl = min(ttl, self.max_ttl)
+        if ttl <= 0:
+            return
+        self.entries[key] = CacheEntry(response, qend, offsets, self.clock(), ttl)
+        self.entries.move_to_end(key)
+        while len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+
+    def get(self, key: bytes, allow_stale: bool = False, stale_ttl: int = 30) -> bytes | None:
+        """The cached reply, TTLs counted down; expired ones only with `allow_stale` (TTL `stale_ttl`)."""
+        entry = self.entries.get(key)
+        if entry is None:
+            return None
+        elapsed = int(self.clock() - entry.stored)
+        if elapsed >= entry.ttl:
+            if not allow_stale or elapsed > entry.ttl + self.max_stale:
+                if elapsed > entry.ttl + self.max_stale:
+                    del self.entries[key]
+                return None
+            return self._adjusted(entry, None, stale_ttl)
+        if entry.memo_elapsed != elapsed:
+            entry.memo = self._adjusted(entry, elapsed, 0)
+            entry.memo_elapsed = elapsed
+        return entry.memo
+
+    @staticmethod
+    def _adjusted(entry: CacheEntry, elapsed: int | None, fixed: int) -> bytes:
+        buf = bytearray(entry.response)
+        for off in entry.ttl_offsets:
+            if elapsed is None:
+                w.U32.pack_into(buf, off, fixed)
+            else:
+                ttl = w.U32.unpack_from(buf, off)[0]
+                w.U32.pack_into(buf, off, max(0, ttl - elapsed))
+        return bytes(buf)
+
+
+class Forwarder:
+    """Resolve a client query through the cache and the upstream nameservers."""
+
+    def __init__(
+        self,
+        upstreams: Sequence[Address],
+        metrics: DNSMetrics,
+        *,
+        timeout: float = 2.0,
+        deadline: float = 4.5,
+        parallel: bool = False,
+        cache_size: int = 10000,
+        max_ttl: int = 86400,
+        max_stale: float = 86400.0,
+        stale_ttl: int = 30,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.upstreams = list(upstreams)
+        self.metrics = metrics
+        self.timeout = timeout
+        self.deadline = deadline
+        self.parallel = parallel
+        self.stale_ttl = stale_ttl
+        self.cache = Cache(cache_size, max_ttl, max_stale, clock)
+        self._inflight: dict[bytes, asyncio.Future[bytes]] = {}
+
+    async def resolve(self, query: bytes, info: w.QueryInfo, tcp: bool) -> bytes:
+        """The reply for the client (its ID and question bytes, EDNS0 as it asked); SERVFAIL on failure."""
+        key = info.key + (b"\x10" if query[3] & 0x10 else b"\x00")  # CD bit changes validating answers
+        cached = self.cache.get(key)
+        if cached is not None:
+            self.metrics.cache_hits += 1
+            return self._for_client(cached, query, info)
+        self.metrics.cache_misses += 1
+        fut = self._inflight.get(key)
+        if fut is None:
+            fut = asyncio.ensure_future(self._fetch(key, query, info, tcp))
+            self._inflight[key] = fut
+            fut.add_done_callback(lambda _f, k=key: self._inflight.pop(k, None))
+        try:
+            upstream_reply = await asyncio.shield(fut)
+        except UpstreamError:
+            stale = self.cache.get(key, allow_stale=True, stale_ttl=self.stale_ttl)
+            if stale is not None:
+                self.metrics.stale_served += 1
+                log.info("dns: upstream failed, serving stale answer for %s", w.wire_to_text(info.key[:-5]))
+                return self._for_client(stale, query, info)
+            return w.error_response(query, w.RCODE_SERVFAIL, info.qend, info.edns)
+        return self._for_client(upstream_reply, query, info)
+
+    def _for_client(self, reply: bytes, query: bytes, info: w.QueryInfo) -> bytes:
+        out = query[0:2] + reply[2:12] + query[12 : info.qend] + reply[info.qend :]
+        # Keep the client's RD/CD view; upstream's AA/RA/AD/rcode stay.
+        if not info.edns:
+            out = w.strip_additional_opt(out)
+        return out
+
+    async def _fetch(self, key: bytes, query: bytes, info: w.QueryInfo, tcp: bool) -> bytes:
+        if not self.upstreams:
+            raise UpstreamError("no upstream nameservers")
+        upq = bytearray(query if info.edns else w.add_opt(query))
+        upq[0:2] = secrets.token_bytes(2)
+        upstream_query = bytes(upq)
+        try:
+            async with asyncio.timeout(self.deadline):
+                if self.parallel and len(self.upstreams) > 1:
+                    reply = await self._race(upstream_query, info, tcp)
+                else:
+                    reply = await self._in_order(upstream_query, info, tcp)
+        except TimeoutError:
+            raise UpstreamError("deadline") from None
+        self.cache.put(key, reply, info.qend)
+        return reply
+
+    async def _in_order(self, query: bytes, info: w.QueryInfo, tcp: bool) -> bytes:
+        last: bytes | None = None
+        for server in self.upstreams:
+            reply = await self._one(server, query, info, tcp)
+            if reply is None:
+                continue
+            if reply[3] & 0x0F in (w.RCODE_SERVFAIL, w.RCODE_REFUSED, w.RCODE_NOTIMP):
+                last = reply  # try the next server; pass this rcode through if all agree
+                continue
+            return reply
+        if last is not None:
+            return last
+        raise UpstreamError("all upstreams failed")
+
+    async def _race(self, query: bytes, info: w.QueryInfo, tcp: bool) -> bytes:
+        tasks = [asyncio.ensure_future(self._one(s, query, info, tcp)) for s in self.upstreams]
+        last: bytes | None = None
+        try:
+            for next_done in asyncio.as_completed(tasks):
+                reply = await next_done
+                if reply is None:
+                    continue
+                if reply[3] & 0x0F in (w.RCODE_SERVFAIL, w.RCODE_REFUSED, w.RCODE_NOTIMP):
+                    last = reply
+                    continue
+                return reply
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if last is not None:
+            return last
+        raise UpstreamError("all upstreams failed")
+
+    async def _one(self, server: Address, query: bytes, info: w.QueryInfo, tcp: bool) -> bytes | None:
+        """One server: UDP (then TCP on TC) or TCP; None on any failure or a reply for another question."""
+        start = time.perf_counter()
+        try:
+            if tcp:
+                reply = await tcp_exchange(server, query, self.timeout)
+            else:
+                reply = await udp_exchange(server, query, self.timeout)
+                if reply[2] & 0x02:
+                    reply = await tcp_exchange(server, query, self.timeout)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
+            self.metrics.upstream_failures += 1
+            log.debug("dns: upstream %s:%d failed: %r", server[0], server[1], exc)
+            return None
+        finally:
+            self.metrics.upstream_duration.observe(time.perf_counter() - start)
+        # The reply must be for our question (same name ignoring case, type, class).
+        if (
+            reply[12 : info.qend].lower() != query[12 : info.qend].lower()
+            or w.U16.unpack_from(reply, 4)[0] != 1
+        ):
+            self.metrics.upstream_failures += 1
+            log.debug("dns: upstream %s:%d answered another question", server[0], server[1])
+            return None
+        return reply
