@@ -1,0 +1,482 @@
+"""The bootstrap client: `POST <cp>/bootstrap` as Kuma v2.14's kuma-dp does (KUMA-DP.md §3).
+
+Three parts, split so that each is testable on its own:
+
+* `params_from_config(...) -> BootstrapParams` and `build_request(params) -> dict`: pure; the request
+  object with every v2.14 key in Kuma's emitted order (conformance-tested against Kuma's goldens);
+* `parse_response(status, content_type, body) -> BootstrapResult`: pure; Kuma's status handling and both
+  response formats (JSON with base64 bootstrap, legacy raw YAML);
+* `fetch_bootstrap(cfg, request) -> BootstrapResult` (async): TLS, the 10 s per-request timeout and the retry
+  policy (constant backoff within a total budget, both from `cfg.control_plane.retry`; `sleep`/`clock` are
+  injectable for tests). When the budget is spent it raises `BootstrapError` with the last attempt's error;
+  the `run` command prints `Failed to fetch Envoy bootstrap config. <error>` and exits 1.
+
+TLS: a configured CA (`--ca-cert-file` / `KUMA_CONTROL_PLANE_CA_CERT`) is the **only** trusted root; without
+one the system roots verify the CP (Kuma <= 2.13 silently skipped verification; we never do);
+`--skip-verify` disables verification with a loud warning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import os
+import ssl
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+
+from kuma_dp.config import RunConfig
+from kuma_dp.dataplane import DataplaneResource, go_json
+from kuma_dp.fsutil import atomic_write
+
+log = logging.getLogger("kuma-dp.bootstrap")
+
+REQUEST_TIMEOUT = 10.0
+
+DP_NOT_FOUND = (
+    "Dataplane entity not found. If you are running on Universal please create a Dataplane entity on "
+    "kuma-cp before starting kuma-dp or pass it to kuma-dp run --dataplane-file=/file. If you are running "
+    "on Kubernetes, please check the kuma-cp logs to determine why the Dataplane entity could not be "
+    "created by the automatic sidecar injection."
+)
+API_PORT_HINT = (
+    "There is no /bootstrap endpoint for provided CP address. Double check if the address passed to the CP "
+    "has a DP Server port (5678 by default), not HTTP API (5681 by default)"
+)
+FETCH_FAILED_PREFIX = "Failed to fetch Envoy bootstrap config."
+
+FEATURE_TCP_ACCESSLOG_VIA_NAMED_PIPE = "feature-tcp-accesslog-via-named-pipe"
+FEATURE_OTEL_VIA_KUMA_DP = "feature-otel-via-kuma-dp"
+FEATURE_EMBEDDED_DNS = "feature-embedded-dns"
+FEATURE_TRANSPARENT_PROXY_IN_DATAPLANE_METADATA = "feature-transparent-proxy-in-dataplane-metadata"
+FEATURE_BIND_OUTBOUNDS = "feature-bind-outbounds"
+FEATURE_DELTA_GRPC = "feature-delta-grpc"
+FEATURE_UNIFIED_RESOURCE_NAMING = "feature-unified-resource-naming"
+FEATURE_SPIRE = "feature-spire"
+FEATURE_STRICT_INBOUND_PORTS = "feature-strict-inbound-ports"
+FEATURE_REUSE_PORT = "feature-reuse-port"
+
+
+class BootstrapError(RuntimeError):
+    """An attempt failed in a way Kuma retries (404 not found, 5xx, network, bad response)."""
+
+
+class FatalBootstrapError(BootstrapError):
+    """Not retried: other 4xx (`Invalid request: <body>`) or a local problem (bad CA, bad URL)."""
+
+
+@dataclass(frozen=True)
+class BootstrapResult:
+    """What the CP returned: the Envoy bootstrap YAML and `kumaSidecarConfiguration` ({} for legacy YAML)."""
+
+    bootstrap_yaml: bytes
+    sidecar_config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def metrics_aggregate(self) -> list[dict[str, Any]]:
+        """`kumaSidecarConfiguration.metrics.aggregate` (applications the metrics hijacker scrapes)."""
+        metrics = self.sidecar_config.get("metrics") or {}
+        return list(metrics.get("aggregate") or [])
+
+
+# ------------------------------------------------------------------------------------------ the request
+
+
+@dataclass
+class BootstrapParams:
+    """Everything the request carries; `build_request` lays it out. Field names follow the JSON keys."""
+
+    mesh: str
+    name: str
+    proxy_type: str = "dataplane"
+    token: str = field(default="", repr=False)
+    token_path: str = ""
+    resource_json: str = ""
+    kuma_dp_version: dict[str, str] = field(default_factory=dict)
+    envoy_version: dict[str, Any] = field(default_factory=dict)
+    ca_cert: str = ""
+    dynamic_metadata: dict[str, str] | None = None
+    otel_env: dict[str, Any] | None = None
+    dns_port: int = 0
+    readiness_port: int = 0
+    app_probe_proxy_enabled: bool = False
+    operating_system: str = "linux"
+    features: list[str] = field(default_factory=list)
+    max_heap_size_bytes: int = 0
+    workdir: str = ""
+    metrics_cert_path: str = ""
+    metrics_key_path: str = ""
+    system_ca_path: str = ""
+    dataplane_config: dict[str, Any] | None = None
+    ipv6_enabled: bool = True
+    spire_socket_path: str = ""
+
+
+def build_request(p: BootstrapParams) -> dict[str, Any]:
+    """The BootstrapRequest object in Kuma's key order; `omitempty` keys are left out when empty."""
+    req: dict[str, Any] = {"mesh": p.mesh, "name": p.name, "proxyType": p.proxy_type}
+    if p.token:
+        req["dataplaneToken"] = p.token
+    if p.token_path:
+        req["dataplaneTokenPath"] = p.token_path
+    if p.resource_json:
+        req["dataplaneResource"] = p.resource_json
+    req["version"] = {"kumaDp": dict(p.kuma_dp_version), "envoy": dict(p.envoy_version)}
+    req["caCert"] = p.ca_cert
+    req["dynamicMetadata"] = dict(p.dynamic_metadata) if p.dynamic_metadata is not None else None
+    if p.otel_env:
+        req["otelEnv"] = p.otel_env
+    if p.dns_port:
+        req["dnsPort"] = p.dns_port
+    if p.readiness_port:
+        req["readinessPort"] = p.readiness_port
+    if p.app_probe_proxy_enabled:
+        # Kuma's wire name says "disabled", the value means enabled (#13885).
+        req["appProbeProxyDisabled"] = True
+    req["operatingSystem"] = p.operating_system
+    req["features"] = list(p.features)
+    req["resources"] = {"maxHeapSizeBytes": p.max_heap_size_bytes}
+    req["workdir"] = p.workdir
+    req["metricsResources"] = {"certPath": p.metrics_cert_path, "keyPath": p.metrics_key_path}
+    req["systemCaPath"] = p.system_ca_path
+    if p.dataplane_config is not None:
+        req["dataplaneConfig"] = p.dataplane_config
+    req["ipv6Enabled"] = p.ipv6_enabled
+    req["spireResources"] = {"socketPath": p.spire_socket_path}
+    return req
+
+
+def request_body(request: Mapping[str, Any]) -> bytes:
+    """The body as Kuma writes it: one-space indent, Go's JSON escaping."""
+    return go_json(dict(request), indent=1).encode()
+
+
+def compute_features(cfg: RunConfig, *, transparent_proxy: bool) -> list[str]:
+    """The `features` list, in the order kuma-dp run emits it (CASES.md §A.3)."""
+    rt = cfg.dataplane_runtime
+    out = [FEATURE_TCP_ACCESSLOG_VIA_NAMED_PIPE]
+    if rt.otel_pipe_enabled:
+        out.append(FEATURE_OTEL_VIA_KUMA_DP)
+    if cfg.dns.enabled and cfg.dns.proxy_port != 0:
+        out.append(FEATURE_EMBEDDED_DNS)
+    if transparent_proxy:
+        out.append(FEATURE_TRANSPARENT_PROXY_IN_DATAPLANE_METADATA)
+    if rt.bind_outbounds:
+        out.append(FEATURE_BIND_OUTBOUNDS)
+    if rt.envoy_xds_transport_protocol_variant == "DELTA_GRPC":
+        out.append(FEATURE_DELTA_GRPC)
+    if rt.unified_resource_naming_enabled:
+        out.append(FEATURE_UNIFIED_RESOURCE_NAMING)
+    if rt.spire_supported:
+        out.append(FEATURE_SPIRE)
+    if rt.strict_inbound_ports_enabled:
+        out.append(FEATURE_STRICT_INBOUND_PORTS)
+    if rt.reuse_port_enabled:
+        out.append(FEATURE_REUSE_PORT)
+    return out
+
+
+def detect_max_heap_bytes(cgroup_root: str = "/sys/fs/cgroup") -> int:
+    """The cgroup memory limit (v1 `memory.limit_in_bytes`, v2 `memory.max`); 0 for `max` or no file."""
+    root = Path(cgroup_root)
+    for name in ("memory.limit_in_bytes", "memory.max"):
+        try:
+            text = (root / name).read_text().strip()
+        except OSError:
+            continue
+        try:
+            return int(text)
+        except ValueError:
+            return 0
+    return 0
+
+
+def host_has_ipv6(proc_file: str = "/proc/net/if_inet6") -> bool:
+    """True when an interface other than loopback has an IPv6 address (else Kuma sends false)."""
+    try:
+        lines = Path(proc_file).read_text().splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        parts = line.split()
+        if len(parts) >= 6 and parts[5] != "lo" and parts[0] != "0" * 31 + "1":
+            return True
+    return False
+
+
+def system_ca_bundle() -> str:
+    """The OS CA bundle path Envoy can use (`systemCaPath`); "" when none is found."""
+    candidates = [
+        ssl.get_default_verify_paths().cafile or "",
+        "/etc/ssl/certs/ca-certificates.crt",
+        "/etc/pki/tls/certs/ca-bundle.crt",
+        "/etc/ssl/ca-bundle.pem",
+        "/etc/ssl/cert.pem",
+    ]
+    for c in candidates:
+        if c and os.path.isfile(c):
+            return c
+    return ""
+
+
+def kuma_dp_version_info() -> dict[str, str]:
+    """Our build info in Kuma's `version.kumaDp` shape."""
+    from kuma_dp.versions import build_info
+
+    return build_info()
+
+
+def params_from_config(
+    cfg: RunConfig,
+    *,
+    dataplane: DataplaneResource | None,
+    token: str = "",
+    token_path: str = "",
+    envoy_version: Mapping[str, Any],
+    workdir: str,
+    features: list[str] | None = None,
+    dynamic_metadata: dict[str, str] | None = None,
+    dataplane_config: dict[str, Any] | None = None,
+    kuma_dp_version: Mapping[str, str] | None = None,
+    operating_system: str | None = None,
+    max_heap_size_bytes: int | None = None,
+) -> BootstrapParams:
+    """Map the run configuration (+ resolved dataplane, token, Envoy version) to request parameters.
+
+    `dataplane_config` is the transparent-proxy `dataplaneConfig` (None = not sent). `max_heap_size_bytes`
+    None = `max_memory_bytes` or, when 0, the cgroup limit. `features` None = `compute_features`.
+    """
+    rt = cfg.dataplane_runtime
+    dp = cfg.dataplane
+    if max_heap_size_bytes is None:
+        max_heap_size_bytes = rt.max_memory_bytes or detect_max_heap_bytes()
+    if features is None:
+        features = compute_features(cfg, transparent_proxy=dataplane_config is not None)
+    return BootstrapParams(
+        mesh=dataplane.mesh if dataplane is not None else dp.mesh,
+        name=dataplane.name if dataplane is not None else dp.name,
+        proxy_type=dp.proxy_type,
+        token=token,
+        token_path=token_path,
+        resource_json=dataplane.to_request_json() if dataplane is not None else "",
+        kuma_dp_version=dict(kuma_dp_version) if kuma_dp_version is not None else kuma_dp_version_info(),
+        envoy_version=dict(envoy_version),
+        ca_cert=cfg.control_plane.ca_cert,
+        dynamic_metadata=dynamic_metadata,
+        # <=2.14 sends the Envoy DNS port, even with the embedded proxy (KUMA-DP.md §3.4).
+        dns_port=cfg.dns.envoy_dns_port if cfg.dns.enabled else 0,
+        readiness_port=dp.readiness_port,
+        app_probe_proxy_enabled=cfg.application_probe_proxy_port > 0,
+        operating_system=operating_system or sys.platform.replace("win32", "windows"),
+        features=list(features),
+        max_heap_size_bytes=max_heap_size_bytes,
+        workdir=rt.socket_dir or workdir,
+        metrics_cert_path=rt.metrics.cert_path,
+        metrics_key_path=rt.metrics.key_path,
+        system_ca_path=rt.system_ca_path,
+        dataplane_config=dataplane_config,
+        ipv6_enabled=rt.ipv6_enabled,
+        spire_socket_path=rt.spire_socket_path,
+    )
+
+
+def transparent_proxy_dataplane_config(cfg: RunConfig) -> dict[str, Any] | None:
+    """`dataplaneConfig` for `--transparent-proxy[-config]` (None without them).
+
+    Uses the installer's loader (`iptables.config.load_config`, same schema as `kumactl install
+    transparent-proxy --config`); the DNS redirect is overridden by kuma-dp's own DNS settings, as in Kuma.
+    """
+    rt = cfg.dataplane_runtime
+    if not rt.transparent_proxy and not rt.transparent_proxy_config:
+        return None
+    if not sys.platform.startswith("linux"):
+        raise FatalBootstrapError("transparent proxy is supported only on Linux systems")
+    from iptables.config import ConfigError as TProxyConfigError
+    from iptables.config import load_config as load_tproxy_config
+
+    try:
+        tp = load_tproxy_config(rt.transparent_proxy_config, env={})
+    except TProxyConfigError as exc:
+        raise FatalBootstrapError(f"--transparent-proxy-config: {exc}") from None
+    return tp.dataplane_config(dns_enabled=cfg.dns.enabled, dns_port=cfg.dns.proxy_port)
+
+
+# ------------------------------------------------------------------------------------------ the response
+
+
+def parse_response(status: int, content_type: str, body: bytes) -> BootstrapResult:
+    """Kuma's status handling (§3.2) and both response formats (§3.6)."""
+    if status != 200:
+        text = body.decode("utf-8", "replace")
+        if status == 404 and not body:
+            raise BootstrapError(DP_NOT_FOUND)
+        if status == 404 and text.strip() == "404: Page Not Found":
+            raise BootstrapError(API_PORT_HINT)
+        if 400 <= status < 500:
+            raise FatalBootstrapError(f"Invalid request: {text}")
+        raise BootstrapError(f"unexpected status code: {status}")
+    sidecar: dict[str, Any] = {}
+    if content_type.split(";")[0].strip().lower() == "application/json":
+        try:
+            doc = json.loads(body)
+            raw = doc.get("bootstrap")
+            bootstrap = base64.b64decode(raw, validate=True) if raw else b""
+        except (ValueError, AttributeError, TypeError, binascii.Error) as exc:
+            raise BootstrapError(f"could not parse the bootstrap response: {exc}") from None
+        sidecar = doc.get("kumaSidecarConfiguration") or {}
+        if not isinstance(sidecar, dict):
+            sidecar = {}
+    else:
+        bootstrap = body
+    try:
+        parsed = yaml.safe_load(bootstrap) if bootstrap else None
+    except yaml.YAMLError as exc:
+        raise BootstrapError(f"could not parse the Envoy bootstrap from the control plane: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise BootstrapError("could not parse the Envoy bootstrap from the control plane: not a YAML mapping")
+    return BootstrapResult(bootstrap_yaml=bootstrap, sidecar_config=sidecar)
+
+
+def write_bootstrap(work_dir: str | os.PathLike[str], result: BootstrapResult | bytes) -> Path:
+    """`<work_dir>/bootstrap.yaml`, 0600, atomically (Envoy or an operator never sees half a file)."""
+    data = result.bootstrap_yaml if isinstance(result, BootstrapResult) else result
+    return atomic_write(Path(work_dir) / "bootstrap.yaml", data, mode=0o600)
+
+
+# ------------------------------------------------------------------------------------------ transport
+
+
+def bootstrap_url(cp_url: str) -> str:
+    """Only scheme, host and port of `--cp-address` count; the path is always /bootstrap."""
+    parts = urlsplit(cp_url)
+    if parts.scheme not in ("http", "https"):
+        raise FatalBootstrapError(f'unsupported scheme "{parts.scheme}". Use one of [http https]')
+    return urlunsplit((parts.scheme, parts.netloc, "/bootstrap", "", ""))
+
+
+def ssl_context(cfg: RunConfig) -> ssl.SSLContext:
+    """TLS to the CP: the configured CA as the only root, else the system roots; TLS >= 1.2."""
+    cp = cfg.control_plane
+    if cp.skip_verify:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    elif cp.ca_cert:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        try:
+            ctx.load_verify_locations(cadata=cp.ca_cert)
+        except (ssl.SSLError, ValueError) as exc:
+            source = f"--ca-cert-file {cp.ca_cert_file}" if cp.ca_cert_file else "KUMA_CONTROL_PLANE_CA_CERT"
+            raise FatalBootstrapError(
+                f"could not use the CA certificate from {source}: {exc}; pass a PEM certificate"
+            ) from None
+    else:
+        ctx = ssl.create_default_context()
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+def _describe_transport_error(exc: BaseException, cfg: RunConfig) -> str:
+    msg = f"request to bootstrap server failed: {exc}"
+    text = str(exc)
+    if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+        if cfg.control_plane.ca_cert:
+            msg += (
+                " (the control plane's certificate is not signed by the CA given with --ca-cert-file / "
+                "KUMA_CONTROL_PLANE_CA_CERT, or does not name the --cp-address host; pass the right CA)"
+            )
+        else:
+            msg += (
+                " (the control plane's certificate is not trusted by the system CAs; pass the CA that "
+                "signed it with --ca-cert-file or KUMA_CONTROL_PLANE_CA_CERT)"
+            )
+    return msg
+
+
+async def _attempt(client: Any, url: str, body: bytes, cfg: RunConfig) -> BootstrapResult:
+    import httpx
+
+    try:
+        resp = await client.post(
+            url,
+            content=body,
+            headers={"accept": "application/json", "content-type": "application/json"},
+        )
+    except httpx.HTTPError as exc:
+        raise BootstrapError(_describe_transport_error(exc, cfg)) from None
+    return parse_response(resp.status_code, resp.headers.get("content-type", ""), resp.content)
+
+
+async def fetch_bootstrap(
+    cfg: RunConfig,
+    request: Mapping[str, Any],
+    *,
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    request_timeout: float = REQUEST_TIMEOUT,
+    transport: Any = None,
+) -> BootstrapResult:
+    """POST the request until it succeeds, a fatal error occurs, or the retry budget is spent.
+
+    Retry timing follows go-retry's constant backoff with max duration: after a failed attempt, stop when
+    the budget is spent, otherwise wait `min(backoff, remaining)` and try again.
+    """
+    import httpx
+
+    url = bootstrap_url(cfg.control_plane.url)
+    body = request_body(request)
+    verify: ssl.SSLContext | bool = True
+    if url.startswith("https:"):
+        verify = ssl_context(cfg)
+        if cfg.control_plane.skip_verify:
+            log.warning(
+                "TLS verification of the control plane is DISABLED (--skip-verify / "
+                "KUMA_CONTROL_PLANE_TLS_SKIP_VERIFY): anyone on the path can impersonate the control plane "
+                "and receive the dataplane token. Use --ca-cert-file instead."
+            )
+    backoff = cfg.control_plane.retry.backoff
+    budget = cfg.control_plane.retry.max_duration
+    start = clock()
+    kwargs: dict[str, Any] = {"timeout": request_timeout, "trust_env": False, "verify": verify}
+    if transport is not None:
+        kwargs["transport"] = transport
+    async with httpx.AsyncClient(**kwargs) as client:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await _attempt(client, url, body, cfg)
+            except FatalBootstrapError:
+                raise
+            except BootstrapError as exc:
+                remaining = budget - (clock() - start)
+                if remaining <= 0:
+                    raise
+                if str(exc) == DP_NOT_FOUND:
+                    log.info(
+                        "Dataplane entity is not yet found in the Control Plane. If you are running on "
+                        "Kubernetes, CP is most likely still in the process of converting Pod to Dataplane. "
+                        "If it takes too long, check kuma-cp logs. Retrying. backoff=%gs attempt=%d",
+                        backoff,
+                        attempt,
+                    )
+                else:
+                    log.info(
+                        "could not fetch bootstrap configuration, make sure you are not trying to connect to "
+                        "global-cp. retrying (this could help only if you're connecting to zone-cp). "
+                        "backoff=%gs attempt=%d err=%s",
+                        backoff,
+                        attempt,
+                        exc,
+                    )
+                await sleep(min(backoff, remaining))
