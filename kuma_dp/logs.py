@@ -140,7 +140,7 @@ class TextFormatter(logging.Formatter):
 
 def _render(value: Any) -> str:
     text = str(value)
-    if not text or any(c in text for c in " \t\"="):
+    if not text or any(c in text for c in ' \t"='):
         return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return text
 

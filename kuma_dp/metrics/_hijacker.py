@@ -1,0 +1,371 @@
+"""The metrics "hijacker": one Prometheus endpoint for Envoy, the application and the agent.
+
+Kuma's control plane points an Envoy Prometheus listener (Mesh metrics backend, default `:5670/metrics`) at
+the unix socket `<workdir>/kuma-mh-<name>-<mesh>.sock`. Per scrape we fetch Envoy's `/stats?format=prometheus`
+and every `kumaSidecarConfiguration.metrics.aggregate` endpoint concurrently and return the bodies
+concatenated, trailing `# EOF` markers removed, with Kuma's content negotiation (OpenMetrics 1.0.0 > 0.0.1 >
+text/plain, then the scraper's Accept). Paths starting with `/meshmetric` serve the agent's own registry
+(Kuma: DNS metrics).
+
+Where we differ from Go kuma-dp, on purpose: every endpoint has a timeout (derived from Prometheus'
+`X-Prometheus-Scrape-Timeout-Seconds` when present), so a hanging application costs its own part only and is
+counted in `kuma_dp_metrics_scrape_failures_total`; the agent's `kuma_dp_*` series are appended to the merged
+page (operators with the legacy Mesh backend would otherwise never see them); a live socket of another agent
+is detected by connecting to it instead of by renaming.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import ipaddress
+import logging
+import os
+import stat
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import parse_qsl, urlencode
+
+from prometheus_client import CollectorRegistry
+from prometheus_client import generate_latest as generate_text
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+from kuma_dp.component import Component
+from kuma_dp.metrics import _http
+from kuma_dp.metrics._agent import AgentMetrics
+
+log = logging.getLogger("kuma-dp.metrics-hijacker")
+
+__all__ = [
+    "ContentFormat",
+    "MetricsHijacker",
+    "ScrapeTarget",
+    "merge_bodies",
+    "response_format",
+    "select_content_type",
+    "socket_path",
+]
+
+#: Headers Prometheus sends that the scraped endpoints may use (Kuma's list minus accept-encoding: a gzip body
+#: cannot be concatenated).
+PASSED_HEADERS = ("accept", "user-agent", "x-prometheus-scrape-timeout-seconds")
+DEFAULT_ENDPOINT_TIMEOUT = 5.0
+PASSTHROUGH_V4 = "127.0.0.6"
+PASSTHROUGH_V6 = "::6"
+
+
+def socket_path(workdir: str | os.PathLike[str], prefix: str, name: str, mesh: str) -> str:
+    """`<workdir>/<prefix>-<name>-<mesh>.sock`, cut to 98 characters before `.sock` (KUMA-DP.md §6)."""
+    full = os.path.join(os.fspath(workdir), f"{prefix}-{name}-{mesh}")
+    return full[:98] + ".sock"
+
+
+class ContentFormat(enum.Enum):
+    OPENMETRICS_1_0_0 = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    OPENMETRICS_0_0_1 = "application/openmetrics-text; version=0.0.1; charset=utf-8"
+    TEXT = "text/plain; version=0.0.4; charset=utf-8"
+    UNKNOWN = ""
+
+
+def _media(value: str) -> tuple[str, dict[str, str]]:
+    kind, *params = (p.strip() for p in value.split(";"))
+    parsed = {}
+    for p in params:
+        k, _, v = p.partition("=")
+        parsed[k.strip().lower()] = v.strip().strip('"')
+    return kind.lower(), parsed
+
+
+def response_format(content_type: str | None) -> ContentFormat:
+    """The exposition format an endpoint answered in (Kuma's `responseFormat`)."""
+    if not content_type:
+        return ContentFormat.UNKNOWN
+    kind, params = _media(content_type)
+    if kind == "text/plain":
+        return ContentFormat.TEXT
+    if kind == "application/openmetrics-text":
+        version = params.get("version", "")
+        if version in ("", "0.0.1"):
+            return ContentFormat.OPENMETRICS_0_0_1
+        if version == "1.0.0":
+            return ContentFormat.OPENMETRICS_1_0_0
+    return ContentFormat.UNKNOWN
+
+
+def negotiate(accept: str | None) -> ContentFormat:
+    """The scraper's preferred format we can produce, by q-value; text when nothing matches (expfmt)."""
+    best: tuple[float, int, ContentFormat] | None = None
+    for index, item in enumerate((accept or "").split(",")):
+        if not item.strip():
+            continue
+        kind, params = _media(item)
+        try:
+            q = float(params.get("q", "1"))
+        except ValueError:
+            q = 0.0
+        fmt: ContentFormat | None = None
+        if kind == "application/openmetrics-text":
+            version = params.get("version", "")
+            fmt = ContentFormat.OPENMETRICS_1_0_0 if version == "1.0.0" else ContentFormat.OPENMETRICS_0_0_1
+            if version not in ("", "0.0.1", "1.0.0"):
+                fmt = None
+        elif kind in ("text/plain", "*/*", "text/*"):
+            fmt = ContentFormat.TEXT
+        if fmt is not None and q > 0 and (best is None or (q, -index) > (best[0], best[1])):
+            best = (q, -index, fmt)
+    return best[2] if best else ContentFormat.TEXT
+
+
+def select_content_type(received: Iterable[ContentFormat], accept: str | None) -> ContentFormat:
+    """Kuma's `selectContentType`: the richest format any endpoint used, else negotiate with the scraper."""
+    seen = set(received)
+    for fmt in (ContentFormat.OPENMETRICS_1_0_0, ContentFormat.OPENMETRICS_0_0_1, ContentFormat.TEXT):
+        if fmt in seen:
+            return fmt
+    return negotiate(accept)
+
+
+def merge_bodies(bodies: Iterable[bytes], fmt: ContentFormat) -> bytes:
+    """Concatenate pages, drop every `# EOF`, and end with one `# EOF` when the result is OpenMetrics."""
+    out = bytearray()
+    for body in bodies:
+        if not body:
+            continue
+        lines = [line for line in body.split(b"\n") if line.strip() != b"# EOF"]
+        chunk = b"\n".join(lines).strip(b"\n")
+        if chunk:
+            out += chunk + b"\n"
+    if fmt in (ContentFormat.OPENMETRICS_1_0_0, ContentFormat.OPENMETRICS_0_0_1):
+        out += b"# EOF\n"
+    return bytes(out)
+
+
+@dataclass(frozen=True)
+class ScrapeTarget:
+    """One `aggregate` entry of kumaSidecarConfiguration.metrics."""
+
+    name: str
+    address: str
+    port: int
+    path: str = "/metrics"
+
+    @classmethod
+    def from_aggregate(cls, entry: Mapping[str, Any]) -> ScrapeTarget:
+        try:
+            port = int(entry["port"])
+            address = str(entry.get("address") or "127.0.0.1")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"metrics aggregate entry {dict(entry)!r} needs an address and a port") from exc
+        path = str(entry.get("path") or "/metrics")
+        return cls(str(entry.get("name") or f"{address}:{port}"), address, port, path)
+
+    @property
+    def is_ipv6(self) -> bool:
+        try:
+            return ipaddress.ip_address(self.address.strip("[]")).version == 6
+        except ValueError:
+            return False
+
+
+class AdminLike(Protocol):
+    """kuma_dp.envoy's AdminAddress: admin over TCP (`host`, `port`) or a unix socket (`socket_path`)."""
+
+    host: str
+    port: int
+    socket_path: str | None
+
+
+@dataclass
+class _Part:
+    name: str
+    body: bytes
+    fmt: ContentFormat
+
+
+class MetricsHijacker(Component):
+    """Serves the merged page on `socket_path`; construct with everything it needs, then `run()`.
+
+    Wiring: ``MetricsHijacker(socket_path(workdir, "kuma-mh", name, mesh), admin_address,
+    [ScrapeTarget.from_aggregate(a) for a in sidecar_config["metrics"]["aggregate"]],
+    transparent_proxy=tp_enabled, registry=prometheus_client.REGISTRY, metrics=agent_metrics())``.
+    """
+
+    name = "metrics-hijacker"
+
+    def __init__(
+        self,
+        socket_path: str,
+        envoy_admin: AdminLike | None,
+        aggregate: Sequence[ScrapeTarget | Mapping[str, Any]] = (),
+        *,
+        transparent_proxy: bool = False,
+        registry: CollectorRegistry | None = None,
+        metrics: AgentMetrics | None = None,
+        endpoint_timeout: float = DEFAULT_ENDPOINT_TIMEOUT,
+        include_agent_metrics: bool = True,
+    ) -> None:
+        super().__init__()
+        self.socket_path = socket_path
+        self.envoy_admin = envoy_admin
+        self.targets = [
+            t if isinstance(t, ScrapeTarget) else ScrapeTarget.from_aggregate(t) for t in aggregate
+        ]
+        self.transparent_proxy = transparent_proxy
+        self.metrics = metrics
+        if registry is None:
+            registry = metrics.registry if metrics is not None else CollectorRegistry()
+        self.registry = registry
+        self.endpoint_timeout = endpoint_timeout
+        self.include_agent_metrics = include_agent_metrics
+        self._connections: set[asyncio.Task[None]] = set()
+
+    # -- serving -----------------------------------------------------------------------------------
+    async def run(self) -> None:
+        _claim_socket_path(self.socket_path)
+        server = await asyncio.start_unix_server(self._on_connection, path=self.socket_path)
+        try:
+            os.chmod(self.socket_path, 0o600)  # Envoy runs as our user; nobody else needs the page
+            log.info("starting metrics hijacker", extra={"socketPath": f"unix://{self.socket_path}"})
+            self.ready.set()
+            await asyncio.Future()
+        finally:
+            server.close()
+            for task in list(self._connections):
+                task.cancel()
+            if self._connections:
+                await asyncio.gather(*self._connections, return_exceptions=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.socket_path)
+            log.info("stopped metrics hijacker")
+
+    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            await _http.serve_connection(reader, writer, self.handle)
+        finally:
+            self._connections.discard(task)
+
+    async def handle(self, request: _http.Request) -> tuple[int, dict[str, str], bytes]:
+        """One HTTP request: `/meshmetric*` from our registry, anything else the merged page."""
+        accept = request.headers.get("accept")
+        if request.path.startswith("/meshmetric"):
+            fmt = negotiate(accept)
+            body = self._render_registry(fmt)
+            return 200, {"content-type": fmt.value}, merge_bodies([body], fmt)
+        parts = await self.scrape(request)
+        fmt = select_content_type((p.fmt for p in parts), accept)
+        bodies = [p.body for p in parts]
+        if self.include_agent_metrics:
+            bodies.append(self._render_registry(fmt))
+        if self.metrics is not None:
+            self.metrics.scrapes.inc()
+        return 200, {"content-type": fmt.value}, merge_bodies(bodies, fmt)
+
+    def _render_registry(self, fmt: ContentFormat) -> bytes:
+        if fmt in (ContentFormat.OPENMETRICS_1_0_0, ContentFormat.OPENMETRICS_0_0_1):
+            return generate_openmetrics(self.registry)
+        return generate_text(self.registry)
+
+    # -- scraping ----------------------------------------------------------------------------------
+    def _timeout(self, request: _http.Request) -> float:
+        timeout = self.endpoint_timeout
+        header = request.headers.get("x-prometheus-scrape-timeout-seconds")
+        if header:
+            with contextlib.suppress(ValueError):
+                # Leave Prometheus time to receive what we did get.
+                timeout = min(timeout, max(0.1, float(header) * 0.8))
+        return timeout
+
+    async def scrape(self, request: _http.Request) -> list[_Part]:
+        """Fetch Envoy and every app endpoint concurrently; failed or slow ones are left out and counted."""
+        headers = {k: request.headers[k] for k in PASSED_HEADERS if request.headers.get(k)}
+        timeout = self._timeout(request)
+        jobs = []
+        if self.envoy_admin is not None:
+            jobs.append(self._fetch_envoy(request, headers, timeout))
+        jobs += [self._fetch_app(t, headers, timeout) for t in self.targets]
+        results = await asyncio.gather(*jobs)
+        return [r for r in results if r is not None]
+
+    async def _fetch_envoy(
+        self, request: _http.Request, headers: dict[str, str], timeout: float
+    ) -> _Part | None:
+        admin = self.envoy_admin
+        assert admin is not None
+        query = parse_qsl(request.query, keep_blank_values=True)
+        query += [("format", "prometheus"), ("text_readouts", "")]
+        query.sort(key=lambda kv: kv[0])  # Go's url.Values.Encode order
+        target = "/stats?" + urlencode(query)
+        if admin.socket_path:
+            coro = _http.get(target=target, unix_path=admin.socket_path, headers=headers)
+        else:
+            coro = _http.get(target=target, host=admin.host, port=admin.port, headers=headers)
+        return await self._fetch("envoy", coro, timeout)
+
+    async def _fetch_app(self, t: ScrapeTarget, headers: dict[str, str], timeout: float) -> _Part | None:
+        source = None
+        if self.transparent_proxy:
+            # Inbound redirection skips these sources, so the scrape reaches the app, not Envoy's inbound.
+            source = PASSTHROUGH_V6 if t.is_ipv6 else PASSTHROUGH_V4
+        path = t.path if t.path.startswith("/") else "/" + t.path  # the scraper's query string is dropped
+        coro = _http.get(
+            target=path, host=t.address.strip("[]"), port=t.port, headers=headers, source_address=source
+        )
+        return await self._fetch(t.name, coro, timeout)
+
+    async def _fetch(self, name: str, coro: Any, timeout: float) -> _Part | None:
+        start = time.monotonic()
+        reason = ""
+        try:
+            async with asyncio.timeout(timeout):
+                resp = await coro
+        except TimeoutError:
+            reason = "timeout"
+            log.warning(
+                "metrics endpoint did not answer in time; skipped",
+                extra={"endpoint": name, "timeout": timeout},
+            )
+        except _http.HttpError as exc:
+            reason = "error"
+            log.warning("metrics endpoint failed; skipped", extra={"endpoint": name, "error": str(exc)})
+        else:
+            if 200 <= resp.status < 300:
+                log.debug("scraped", extra={"endpoint": name, "seconds": round(time.monotonic() - start, 4)})
+                return _Part(name, resp.body, response_format(resp.headers.get("content-type")))
+            reason = "status"
+            log.warning(
+                "metrics endpoint answered an error; skipped", extra={"endpoint": name, "status": resp.status}
+            )
+        if self.metrics is not None:
+            self.metrics.scrape_failures.labels(endpoint=name, reason=reason).inc()
+        return None
+
+
+def _claim_socket_path(path: str) -> None:
+    """Remove a stale socket left by a crashed agent; refuse one another live agent is serving on."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        st = p.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise RuntimeError(f"{path} exists and is not a socket; remove it or choose another --work-dir")
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.5)
+        try:
+            probe.connect(path)
+        except OSError:
+            p.unlink(missing_ok=True)
+            return
+    raise RuntimeError(
+        f"{path} is in use by another kuma-dp (same --name and --mesh?); stop it or use another --work-dir"
+    )

@@ -1,0 +1,151 @@
+"""systemd notifications: `READY=1`, `STOPPING=1`, `WATCHDOG=1` (Go kuma-dp has none of this).
+
+With `Type=notify` a unit's dependents start only when the service says it is ready; for a sidecar that means
+"`/ready` answers 200" (Envoy LIVE, first DNS table), not "the process exists". With `WatchdogSec=` systemd
+restarts an agent whose event loop is stuck. Everything is a no-op without `NOTIFY_SOCKET`, so the same
+binary runs under Kubernetes, a shell or systemd. The protocol is one datagram per message on a unix socket
+whose name may be abstract (`@name`, sent as a leading NUL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+
+from kuma_dp.component import Component
+
+log = logging.getLogger("kuma-dp.sd-notify")
+
+__all__ = ["SdNotifier", "SystemdNotifier", "watchdog_interval"]
+
+ReadyCheck = Callable[[], bool | Awaitable[bool]]
+
+
+class SdNotifier:
+    """Sends sd_notify datagrams to `$NOTIFY_SOCKET`; `enabled` is False (and sends do nothing) without it."""
+
+    def __init__(self, socket_path: str | None = None, *, environ: Mapping[str, str] | None = None) -> None:
+        env = os.environ if environ is None else environ
+        path = socket_path if socket_path is not None else env.get("NOTIFY_SOCKET", "")
+        self.address: str | None = None
+        if path:
+            if path.startswith("@"):
+                self.address = "\0" + path[1:]
+            elif path.startswith("/"):
+                self.address = path
+            else:
+                log.warning(
+                    "ignoring NOTIFY_SOCKET that is neither a path nor @abstract", extra={"value": path}
+                )
+        self._sock: socket.socket | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.address is not None
+
+    def notify(self, *lines: str) -> bool:
+        """Send one datagram (`KEY=value` lines); False when disabled or the send failed (never raises)."""
+        if self.address is None:
+            return False
+        try:
+            if self._sock is None:
+                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                self._sock.setblocking(False)
+            self._sock.sendto("\n".join(lines).encode(), self.address)
+            return True
+        except OSError as exc:
+            log.warning("sd_notify failed", extra={"message": lines[0] if lines else "", "error": str(exc)})
+            return False
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+def watchdog_interval(environ: Mapping[str, str] | None = None) -> float | None:
+    """Half of `$WATCHDOG_USEC` in seconds when the watchdog is on for this process (sd_watchdog_enabled)."""
+    env = os.environ if environ is None else environ
+    usec = env.get("WATCHDOG_USEC", "")
+    pid = env.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or int(usec) == 0:
+        return None
+    if pid and pid.isdigit() and int(pid) != os.getpid():
+        return None
+    return int(usec) / 2 / 1_000_000
+
+
+class SystemdNotifier(Component):
+    """Polls `is_ready` and sends READY=1 once; pings the watchdog; STOPPING=1 on `stopping()` or exit.
+
+    Wiring: ``SystemdNotifier(is_ready)`` where `is_ready()` (sync or async) is True exactly when `/ready`
+    would answer 200 (e.g. the readiness reporter's state check). The agent calls `stopping()` when the first
+    SIGTERM starts the drain, so systemd shows "deactivating" during the drain, not after it.
+    """
+
+    name = "sd-notify"
+
+    def __init__(
+        self,
+        is_ready: ReadyCheck,
+        *,
+        notifier: SdNotifier | None = None,
+        poll_interval: float = 0.2,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.is_ready = is_ready
+        self.notifier = notifier if notifier is not None else SdNotifier(environ=environ)
+        self.poll_interval = poll_interval
+        self.watchdog = watchdog_interval(environ)
+        self.sent_ready = False
+        self.sent_stopping = False
+
+    def stopping(self) -> None:
+        if not self.sent_stopping:
+            self.sent_stopping = True
+            self.notifier.notify("STOPPING=1", "STATUS=draining")
+
+    async def _check(self) -> bool:
+        result = self.is_ready()
+        if inspect.isawaitable(result):
+            result = await result
+        return bool(result)
+
+    async def run(self) -> None:
+        self.ready.set()
+        if not self.notifier.enabled:
+            await asyncio.Future()  # nothing to do; stay a well-behaved component until cancelled
+        try:
+            async with asyncio.TaskGroup() as tg:
+                if self.watchdog:
+                    tg.create_task(self._ping_watchdog(), name="sd-watchdog")
+                await self._wait_ready()
+                await asyncio.Future()  # keep pinging the watchdog until the agent stops
+        finally:
+            self.stopping()
+            self.notifier.close()
+
+    async def _wait_ready(self) -> None:
+        while not self.sent_stopping:
+            try:
+                ready = await self._check()
+            except Exception as exc:  # a failing check means "not ready yet", not "crash the agent"
+                log.debug("readiness check failed", extra={"error": str(exc)})
+                ready = False
+            if ready:
+                self.notifier.notify("READY=1", "STATUS=ready", f"MAINPID={os.getpid()}")
+                self.sent_ready = True
+                log.info("notified systemd: READY=1")
+                return
+            await asyncio.sleep(self.poll_interval)
+
+    async def _ping_watchdog(self) -> None:
+        assert self.watchdog is not None
+        while True:
+            self.notifier.notify("WATCHDOG=1")
+            await asyncio.sleep(self.watchdog)
