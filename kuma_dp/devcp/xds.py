@@ -1,0 +1,319 @@
+"""Pure xDS generation: (a proxy, the mesh's services and VIPs) -> Envoy Listeners, Clusters,
+ClusterLoadAssignments.
+
+Resources are written as protobuf-JSON dicts (the shape of kuma-cp's golden files) and parsed into the
+xds-protos messages, so the golden comparison and the wire form come from one description. Names follow
+kuma-cp's legacy naming: `inbound:<ip>:<port>` / `localhost:<port>`, `outbound:<ip>:<port>` / `<service>`,
+`outbound:passthrough:ipv4`, `inbound:passthrough:ipv4` and `_kuma:dynamicconfig`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+# Imported for their side effect: registering the types that `@type` names in typed configs.
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
+from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2  # noqa: F401
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2,  # noqa: F401
+)
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2  # noqa: F401
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from . import vip as vips_mod
+from .state import Dataplane, Service
+
+LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
+CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+#: The order a push goes out in: clusters warm on their endpoints before listeners point at them.
+PUSH_ORDER = (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE)
+
+HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+ORIGINAL_DST = "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"
+
+DYNCONF_LISTENER = "_kuma:dynamicconfig"
+DYNCONF_SOCKET = "kuma-mesh-metric-config.sock"
+DNS_TTL = 30
+HTTP_PROTOCOLS = frozenset({"http", "http2", "grpc"})
+_MESSAGES: dict[str, type[Message]] = {
+    LISTENER_TYPE: listener_pb2.Listener,
+    CLUSTER_TYPE: cluster_pb2.Cluster,
+    ENDPOINT_TYPE: endpoint_pb2.ClusterLoadAssignment,
+}
+
+
+@dataclass(frozen=True)
+class Proxy:
+    """A connected Envoy as the generator sees it: its Dataplane plus what its node metadata said."""
+
+    dataplane: Dataplane
+    workdir: str = ""
+    features: frozenset[str] = frozenset()
+    #: Transparent proxy from node metadata `transparentProxy` (kuma-dp ≥2.11) or the resource.
+    transparent: bool = False
+    #: Transparent-proxy IP family is not `ipv4`: /dns records also carry the IPv4-mapped IPv6 form.
+    dual_stack: bool = False
+    #: Node metadata `ipv6Enabled`: the dynconf listener also trusts ::1.
+    ipv6_enabled: bool = False
+    outbound_port: int = 15001
+    inbound_port: int = 15006
+
+
+@dataclass
+class Snapshot:
+    """Resources by type URL, then by name, as dicts in protobuf-JSON form."""
+
+    resources: dict[str, dict[str, dict[str, Any]]] = field(
+        default_factory=lambda: {t: {} for t in PUSH_ORDER}
+    )
+
+    def add(self, type_url: str, resource: dict[str, Any]) -> None:
+        name = resource["clusterName"] if type_url == ENDPOINT_TYPE else resource["name"]
+        self.resources[type_url][name] = resource
+
+
+def to_message(type_url: str, resource: Mapping[str, Any]) -> Message:
+    return json_format.ParseDict(resource, _MESSAGES[type_url]())
+
+
+def resource_version(resource: Mapping[str, Any]) -> str:
+    """A content hash: equal resources get equal versions, so unchanged types are not re-sent."""
+    return hashlib.sha256(json.dumps(resource, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def socket_path(workdir: str, name: str) -> str:
+    """`<workdir>/<name>`, the part before `.sock` cut to 98 characters (104-byte UDS limit, KUMA-DP.md
+    §6)."""
+    stem = name.removesuffix(".sock")
+    full = f"{workdir.rstrip('/')}/{stem}" if workdir else stem
+    return full[:98] + ".sock"
+
+
+# -- /dns payload and the dynamic-config listener -----------------------------------------------------------
+def dns_payload(
+    domains: Mapping[str, str],
+    reachable_ips: set[str] | None,
+    ipv6: bool,
+    mesh: str,
+    labels: Mapping[str, str],
+) -> bytes:
+    """The exact bytes kuma-cp serves at /dns: compact JSON, records sorted by name, keys
+    records/ttl/extraLabels.
+
+    `reachable_ips` limits records to VIPs the proxy has an outbound for (None: every domain).
+    """
+    records = []
+    for name, ip in sorted(domains.items()):
+        if reachable_ips is not None and ip not in reachable_ips:
+            continue
+        ips = [ip]
+        if ipv6 and ":" not in ip:
+            ips.append(vips_mod.ipv4_mapped(ip))
+        records.append({"name": name, "ips": ips})
+    extra: dict[str, str] = {"mesh": mesh}
+    for label, key in (
+        ("kuma.io/workload", "kuma_workload"),
+        ("k8s.kuma.io/namespace", "k8s_kuma_io_namespace"),
+        ("kuma.io/zone", "kuma_io_zone"),
+    ):
+        if labels.get(label):
+            extra[key] = labels[label]
+    body = {"records": records, "ttl": DNS_TTL, "extraLabels": dict(sorted(extra.items()))}
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def etag(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+def dynconf_listener(workdir: str, paths: Mapping[str, bytes], ipv6: bool = False) -> dict[str, Any]:
+    """`_kuma:dynamicconfig` on the workdir's unix socket: per path a 304 route (If-None-Match == ETag),
+    then a 200 route with the body and an `Etag` header. The body limit is the largest body, so big DNS
+    maps fit."""
+    routes: list[dict[str, Any]] = []
+    for path, body in paths.items():
+        tag = etag(body)
+        routes.append(
+            {
+                "match": {
+                    "path": path,
+                    "headers": [{"name": "If-None-Match", "stringMatch": {"exact": tag}}],
+                },
+                "directResponse": {"status": 304},
+            }
+        )
+        routes.append(
+            {
+                "name": f"{DYNCONF_LISTENER}:{path}",
+                "match": {"path": path},
+                "directResponse": {"status": 200, "body": {"inlineString": body.decode()}},
+                "responseHeadersToAdd": [{"header": {"key": "Etag", "value": tag}}],
+            }
+        )
+    cidrs = [{"addressPrefix": "127.0.0.1", "prefixLen": 32}]
+    if ipv6:
+        cidrs.append({"addressPrefix": "::1", "prefixLen": 128})
+    hcm = {
+        "@type": HCM,
+        "statPrefix": "_kuma_dynamicconfig",
+        "httpFilters": [{"name": "envoy.filters.http.router", "typedConfig": {"@type": ROUTER}}],
+        "internalAddressConfig": {"cidrRanges": cidrs},
+        "routeConfig": {
+            "maxDirectResponseBodySizeBytes": max((len(b) for b in paths.values()), default=0),
+            "virtualHosts": [{"name": DYNCONF_LISTENER, "domains": ["*"], "routes": routes}],
+        },
+    }
+    return {
+        "name": DYNCONF_LISTENER,
+        "address": {"pipe": {"path": socket_path(workdir, DYNCONF_SOCKET)}},
+        "filterChains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typedConfig": hcm}]}
+        ],
+    }
+
+
+# -- listeners and clusters ----------------------------------------------------------------------------------
+def _socket(address: str, port: int) -> dict[str, Any]:
+    return {"socketAddress": {"address": address, "portValue": port}}
+
+
+def _network_filter(stat_prefix: str, cluster: str, protocol: str, virtual_host: str) -> dict[str, Any]:
+    if protocol in HTTP_PROTOCOLS:
+        hcm = {
+            "@type": HCM,
+            "statPrefix": stat_prefix,
+            "httpFilters": [{"name": "envoy.filters.http.router", "typedConfig": {"@type": ROUTER}}],
+            "routeConfig": {
+                "name": cluster,
+                "virtualHosts": [
+                    {
+                        "name": virtual_host,
+                        "domains": ["*"],
+                        "routes": [
+                            {"match": {"prefix": "/"}, "route": {"cluster": cluster, "timeout": "15s"}}
+                        ],
+                    }
+                ],
+            },
+        }
+        if protocol in {"http2", "grpc"}:
+            hcm["http2ProtocolOptions"] = {}
+        return {"name": "envoy.filters.network.http_connection_manager", "typedConfig": hcm}
+    return {
+        "name": "envoy.filters.network.tcp_proxy",
+        "typedConfig": {"@type": TCP_PROXY, "statPrefix": stat_prefix, "cluster": cluster},
+    }
+
+
+def _listener(
+    name: str, address: str, port: int, filt: dict[str, Any], direction: str, bind: bool = True
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": name,
+        "address": _socket(address, port),
+        "trafficDirection": direction,
+        "filterChains": [{"filters": [filt]}],
+    }
+    if not bind:
+        out["bindToPort"] = False
+    return out
+
+
+def _cluster(name: str, protocol: str, **extra: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": name, "connectTimeout": "5s", **extra}
+    if protocol in {"http2", "grpc"}:
+        out["typedExtensionProtocolOptions"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": HTTP_OPTIONS,
+                "explicitHttpConfig": {"http2ProtocolOptions": {}},
+            }
+        }
+    return out
+
+
+def _load_assignment(cluster: str, endpoints: list[tuple[str, int]]) -> dict[str, Any]:
+    lb = [{"endpoint": {"address": _socket(a, p)}} for a, p in sorted(endpoints)]
+    return {"clusterName": cluster, "endpoints": [{"lbEndpoints": lb}] if lb else []}
+
+
+def generate(proxy: Proxy, services: Mapping[str, Service], vips: Mapping[str, str]) -> Snapshot:
+    """Everything one Envoy needs: its inbounds, an outbound per other service, EDS from registered
+    dataplanes, and the dynamic-config listener with its /dns payload."""
+    dp = proxy.dataplane
+    snap = Snapshot()
+    own = set(dp.services)
+    # Inbound: Envoy listens where the Dataplane says and hands traffic to the local app.
+    for inbound in dp.inbounds:
+        cluster = f"localhost:{inbound.service_port}"
+        snap.add(
+            CLUSTER_TYPE,
+            _cluster(
+                cluster,
+                inbound.protocol,
+                type="STATIC",
+                loadAssignment=_load_assignment(cluster, [(inbound.service_address, inbound.service_port)]),
+            ),
+        )
+        name = f"inbound:{inbound.address}:{inbound.port}"
+        filt = _network_filter(name, cluster, inbound.protocol, inbound.service)
+        snap.add(LISTENER_TYPE, _listener(name, inbound.address, inbound.port, filt, "INBOUND"))
+
+    # Outbound: declared outbounds, or (transparent proxy) one per other service on its VIP:80.
+    targets: list[tuple[str, int, str]] = []
+    if proxy.transparent:
+        targets = [(vips[s], vips_mod.VIP_PORT, s) for s in services if s not in own and s in vips]
+    else:
+        targets = [(o.address, o.port, o.service) for o in dp.outbounds]
+    for address, port, service in targets:
+        svc = services.get(service)
+        protocol = svc.protocol if svc else "tcp"
+        if service not in snap.resources[CLUSTER_TYPE]:
+            eds = {"edsConfig": {"ads": {}, "resourceApiVersion": "V3"}}
+            snap.add(CLUSTER_TYPE, _cluster(service, protocol, type="EDS", edsClusterConfig=eds))
+            endpoints = [(e.address, e.port) for e in svc.endpoints if e.dataplane != dp.key] if svc else []
+            snap.add(ENDPOINT_TYPE, _load_assignment(service, endpoints))
+        name = f"outbound:{address}:{port}"
+        filt = _network_filter(service, service, protocol, service)
+        snap.add(LISTENER_TYPE, _listener(name, address, port, filt, "OUTBOUND", bind=not proxy.transparent))
+
+    if proxy.transparent:
+        for direction, port, name in (
+            ("OUTBOUND", proxy.outbound_port, "outbound:passthrough:ipv4"),
+            ("INBOUND", proxy.inbound_port, "inbound:passthrough:ipv4"),
+        ):
+            snap.add(
+                CLUSTER_TYPE,
+                {
+                    "name": name,
+                    "connectTimeout": "5s",
+                    "type": "ORIGINAL_DST",
+                    "lbPolicy": "CLUSTER_PROVIDED",
+                },
+            )
+            listener = _listener(name, "0.0.0.0", port, _network_filter(name, name, "tcp", name), direction)
+            listener["useOriginalDst"] = True
+            listener["listenerFilters"] = [
+                {"name": "envoy.filters.listener.original_dst", "typedConfig": {"@type": ORIGINAL_DST}}
+            ]
+            snap.add(LISTENER_TYPE, listener)
+
+    # /dns: with the transparent proxy only the VIPs it has outbounds for (as kuma-cp); without it every name,
+    # so `kuma-dp run` without root can still resolve (and show) the mesh's names.
+    domains = vips_mod.domains(vips)
+    reachable = {a for a, _, _ in targets} if proxy.transparent else None
+    payload = dns_payload(domains, reachable, proxy.transparent and proxy.dual_stack, dp.mesh, dp.labels)
+    snap.add(LISTENER_TYPE, dynconf_listener(proxy.workdir, {"/dns": payload}, proxy.ipv6_enabled))
+    return snap
