@@ -192,3 +192,13 @@ class FakeCP:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def make_token(claims: dict[str, Any] | None = None, alg: str = "RS256") -> str:
+    """A structurally valid JWT (kuma-dp does not check the signature; the CP does, on the xDS stream)."""
+
+    def seg(obj: Any) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+    body = claims if claims is not None else {"Name": "dp-1", "Mesh": "default", "Tags": {}}
+    return f"{seg({'alg': alg, 'typ': 'JWT'})}.{seg(body)}.c2lnbmF0dXJl"

@@ -1,0 +1,445 @@
+"""`kuma-dp run`: configuration -> Dataplane -> token -> bootstrap -> the agent (Envoy and friends).
+
+The order and the error texts follow Kuma's `app/kuma-dp/cmd/run.go`: validate the configuration, render
+the Dataplane template, prepare the work dir, store and check the token, read the CA, ask Envoy for its
+version, fetch the bootstrap (retrying within the budget), write `<workdir>/bootstrap.yaml` and hand over to
+`kuma_dp.agent.run_agent`. Every failure is one line on stderr and exit status 1.
+
+Flags mirror Go's pflag: booleans accept `--flag`, `--flag=true|false`; durations are Go durations
+(`30s`, `5m`). A set `KUMA_*` variable overrides the same flag (Kuma's precedence).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+
+from kuma_dp.config import (
+    ConfigError,
+    EnvError,
+    RunConfig,
+    effective_config,
+    load_config,
+    parse_bool,
+    parse_duration,
+    validate,
+)
+
+log = logging.getLogger("kuma-dp.run")
+
+
+class RunError(Exception):
+    """A start-up failure; str() is the one-line message printed after `Error: `."""
+
+
+class _GoBool(click.ParamType):
+    name = "bool"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> bool:
+        if isinstance(value, bool):
+            return value
+        try:
+            return parse_bool(str(value))
+        except ValueError as exc:
+            self.fail(f'invalid argument "{value}": {exc}', param, ctx)
+
+
+class _GoDuration(click.ParamType):
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, int | float):
+            return float(value)
+        try:
+            return parse_duration(str(value))
+        except ValueError as exc:
+            self.fail(f'invalid argument "{value}": {exc}', param, ctx)
+
+
+GO_BOOL = _GoBool()
+GO_DURATION = _GoDuration()
+
+
+def _bool_flag(name: str, help_text: str, default: bool = False) -> Any:
+    """A pflag-style bool: `--x`, `--x=true`, `--x=false` (click's optional-value option)."""
+    return click.option(name, type=GO_BOOL, is_flag=False, flag_value="true", default=default, help=help_text)
+
+
+_D = RunConfig()
+
+OPTIONS: list[Any] = [
+    # control plane
+    click.option("--cp-address", default=_D.control_plane.url, show_default=True,
+                 help="URL of the Control Plane Dataplane Server (KUMA_CONTROL_PLANE_URL)."),
+    click.option("--ca-cert-file", default="",
+                 help="CA file: the only trusted root for the Control Plane."),
+    _bool_flag("--skip-verify", "Skip TLS verification of the Control Plane (dangerous)."),
+    # dataplane
+    click.option("--name", default="", help="Name of the Dataplane (KUMA_DATAPLANE_NAME)."),
+    click.option("--mesh", default="", help="Mesh that the Dataplane belongs to (KUMA_DATAPLANE_MESH)."),
+    click.option("--proxy-type", default="dataplane", show_default=True,
+                 help='Type of the proxy: "dataplane", "ingress" or "egress".'),
+    click.option("--drain-time", type=GO_DURATION, default="30s", show_default=True,
+                 help="Drain time for Envoy connections on shutdown (Go duration)."),
+    # runtime
+    click.option("--binary-path", default="envoy", show_default=True, help="Path to the Envoy binary."),
+    click.option("--concurrency", type=click.IntRange(min=0), default=0,
+                 help="Envoy worker threads (0 = --cpuset-threads)."),
+    click.option("--work-dir", default="", help="Work directory (default: a temporary kuma-dp-* dir)."),
+    click.option("--config-dir", default="", hidden=True, help="Deprecated alias of --work-dir."),
+    click.option("--dataplane-token-file", default="", help="Path to a file with the dataplane token."),
+    click.option("--dataplane-token", default="", help="Dataplane token (stored in the work dir, 0600)."),
+    click.option("--dataplane", "dataplane_resource", default="", help="Dataplane template (YAML or JSON)."),
+    click.option("--dataplane-file", "-d", default="", help="Path to a Dataplane template ('-' = stdin)."),
+    click.option("--dataplane-var", "-v", multiple=True,
+                 help="Template variable key=value (repeatable; comma-separated pairs allowed)."),
+    click.option("--envoy-log-level", default="",
+                 help="Envoy log level (trace..off); default: --log-level."),
+    click.option("--envoy-component-log-level", default="", help="Envoy --component-log-level."),
+    click.option("--metrics-cert-path", default="", help="Certificate for the Prometheus listener."),
+    click.option("--metrics-key-path", default="", help="Key for the Prometheus listener."),
+    _bool_flag("--bind-outbounds", "Bind outbound listeners to real 127.x addresses."),
+    _bool_flag("--transparent-proxy", "Tell the CP that traffic is redirected (installs no rules)."),
+    click.option("--transparent-proxy-config", multiple=True,
+                 help="Transparent-proxy config file(s) ('-' = stdin), installer schema (repeatable)."),
+    # DNS
+    _bool_flag("--dns-enabled", "Enable the embedded DNS proxy.", default=True),
+    click.option("--dns-proxy-port", type=click.IntRange(0, 65535), default=_D.dns.proxy_port,
+                 show_default=True, help="Port of the embedded DNS proxy (KUMA_DNS_PROXY_PORT)."),
+    click.option("--dns-coredns-port", type=click.IntRange(min=0), default=_D.dns.core_dns_port, hidden=True),
+    click.option("--dns-envoy-port", type=click.IntRange(min=0), default=_D.dns.envoy_dns_port,
+                 help="Envoy DNS port sent to the Control Plane as dnsPort (<=2.14)."),
+    click.option("--dns-coredns-path", default=_D.dns.core_dns_binary_path, hidden=True),
+    click.option("--dns-coredns-config-template-path", default="", hidden=True),
+    click.option("--dns-server-config-dir", default="", hidden=True),
+    click.option(
+        "--dns-prometheus-port", type=click.IntRange(min=0), default=_D.dns.prometheus_port, hidden=True
+    ),
+    _bool_flag("--dns-enable-logging", "Log DNS queries."),
+    # ours
+    click.option("--bootstrap-source", type=click.Choice(["remote", "local"]), default="remote",
+                 show_default=True,
+                 help="remote: POST /bootstrap to the Control Plane; local: render the bootstrap here."),
+    # root (persistent) log flags, also accepted after `run`
+    click.option("--log-level", default="info", show_default=True, help="off, info or debug."),
+    click.option("--log-output-path", default="", help="Log file (rotated); default stderr."),
+    click.option("--log-max-size", type=click.IntRange(min=1), default=100, show_default=True,
+                 help="Max log file size in MB."),
+    click.option("--log-max-retained-files", type=click.IntRange(min=0), default=1000, show_default=True),
+    click.option("--log-max-age", type=click.IntRange(min=0), default=30, show_default=True,
+                 help="Max age of rotated files in days."),
+    click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True),
+]
+
+
+def config_from_flags(kw: dict[str, Any]) -> RunConfig:
+    """RunConfig from the parsed flags (Kuma defaults where a flag is absent); env is applied later."""
+    from kuma_dp.dataplane import parse_vars
+
+    cfg = RunConfig()
+    cp = cfg.control_plane
+    cp.url, cp.ca_cert_file, cp.skip_verify = kw["cp_address"], kw["ca_cert_file"], kw["skip_verify"]
+    dp = cfg.dataplane
+    dp.name, dp.mesh, dp.proxy_type = kw["name"], kw["mesh"], kw["proxy_type"]
+    dp.drain_time = kw["drain_time"]
+    rt = cfg.dataplane_runtime
+    rt.binary_path = kw["binary_path"]
+    rt.concurrency = kw["concurrency"]
+    rt.work_dir = kw["work_dir"]
+    rt.config_dir = kw["config_dir"]
+    rt.token_path = kw["dataplane_token_file"]
+    rt.token = kw["dataplane_token"]
+    rt.resource = kw["dataplane_resource"]
+    rt.resource_path = kw["dataplane_file"]
+    rt.resource_vars = parse_vars(kw["dataplane_var"])
+    rt.envoy_log_level = kw["envoy_log_level"]
+    rt.envoy_component_log_level = kw["envoy_component_log_level"]
+    rt.metrics.cert_path = kw["metrics_cert_path"]
+    rt.metrics.key_path = kw["metrics_key_path"]
+    rt.bind_outbounds = kw["bind_outbounds"]
+    rt.transparent_proxy = kw["transparent_proxy"]
+    rt.transparent_proxy_config = list(kw["transparent_proxy_config"])
+    dns = cfg.dns
+    dns.enabled = kw["dns_enabled"]
+    dns.proxy_port = kw["dns_proxy_port"]
+    dns.core_dns_port = kw["dns_coredns_port"]
+    dns.envoy_dns_port = kw["dns_envoy_port"]
+    dns.core_dns_binary_path = kw["dns_coredns_path"]
+    dns.core_dns_config_template_path = kw["dns_coredns_config_template_path"]
+    dns.config_dir = kw["dns_server_config_dir"]
+    dns.prometheus_port = kw["dns_prometheus_port"]
+    dns.core_dns_logging = kw["dns_enable_logging"]
+    lg = cfg.log
+    lg.level, lg.output_path, lg.format = kw["log_level"], kw["log_output_path"], kw["log_format"]
+    lg.max_size, lg.max_retained_files, lg.max_age = (
+        kw["log_max_size"],
+        kw["log_max_retained_files"],
+        kw["log_max_age"],
+    )
+    cfg.bootstrap_source = kw["bootstrap_source"]
+    return cfg
+
+
+def _setup_logging(cfg: RunConfig) -> None:
+    try:
+        from kuma_dp import logs
+    except ImportError:
+        logging.basicConfig(level=logging.DEBUG if cfg.log.level == "debug" else logging.INFO)
+        return
+    logs.setup_logging(
+        cfg.log.level,
+        cfg.log.output_path or None,
+        cfg.log.max_size,
+        cfg.log.max_retained_files,
+        cfg.log.max_age,
+        cfg.log.format,
+    )
+
+
+def prepare_work_dir(cfg: RunConfig) -> tuple[Path, bool]:
+    """The work dir (created 0711) and whether it is a temp dir we must remove on exit."""
+    rt = cfg.dataplane_runtime
+    if rt.work_dir:
+        path = Path(rt.work_dir)
+        try:
+            path.mkdir(mode=0o711, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunError(f"could not create the work dir {path}: {exc.strerror}; fix --work-dir") from None
+        return path, False
+    path = Path(tempfile.mkdtemp(prefix="kuma-dp-"))
+    os.chmod(path, 0o711)
+    rt.work_dir = str(path)
+    log.info("generated configurations will be stored in a temporary directory dir=%s", path)
+    return path, True
+
+
+def _read_ca(cfg: RunConfig) -> None:
+    cp = cfg.control_plane
+    if not cp.ca_cert and cp.ca_cert_file:
+        try:
+            cp.ca_cert = Path(cp.ca_cert_file).read_text()
+        except OSError as exc:
+            raise RunError(f"could not read certificate file {cp.ca_cert_file}: {exc.strerror}") from None
+
+
+def _envoy(cfg: RunConfig) -> tuple[str, dict[str, Any]]:
+    from kuma_dp.envoy import EnvoyNotFoundError, EnvoyVersionError, envoy_version, find_envoy
+    from kuma_dp.versions import expected_envoy_version
+
+    try:
+        binary = find_envoy(cfg.dataplane_runtime.binary_path)
+        ev = envoy_version(binary)
+    except EnvoyNotFoundError as exc:
+        raise RunError(str(exc)) from None
+    except EnvoyVersionError as exc:
+        msg = str(exc)
+        if not msg.startswith(("failed to get Envoy version", "wrong Envoy build format")):
+            msg = f"failed to get Envoy version: {msg}"
+        raise RunError(msg) from None
+    if not ev.kuma_dp_compatible:
+        log.info("Envoy version incompatible expected=%s current=%s", expected_envoy_version(), ev.version)
+    log.info("fetched Envoy version version=%s build=%s", ev.version, ev.build)
+    return str(binary), {"version": ev.version, "build": ev.build, "kumaDpCompatible": ev.kuma_dp_compatible}
+
+
+def _local_bootstrap(cfg: RunConfig, request: dict[str, Any]) -> bytes:
+    from urllib.parse import urlsplit
+
+    from kuma_dp.bootstrap.render import RenderError, RenderParams, dump_yaml, render_bootstrap
+
+    parts = urlsplit(cfg.control_plane.url)
+    https = parts.scheme == "https"
+    params = RenderParams(
+        xds_host=parts.hostname or "localhost",
+        xds_port=parts.port or (5678 if https else 80),
+        xds_tls=https,
+        ca_cert_pem=cfg.control_plane.ca_cert or None,
+    )
+    try:
+        return dump_yaml(render_bootstrap(request, params)).encode()
+    except RenderError as exc:
+        raise RunError(f"could not render the bootstrap locally (--bootstrap-source local): {exc}") from None
+
+
+async def _fetch_cancellable(cfg: RunConfig, request: dict[str, Any]) -> Any:
+    """fetch_bootstrap, cancelled by SIGINT/SIGTERM (the agent installs its own handlers afterwards)."""
+    from kuma_dp.bootstrap.client import fetch_bootstrap
+
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(fetch_bootstrap(cfg, request))
+    handled = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, task.cancel)
+            handled.append(sig)
+        except (NotImplementedError, RuntimeError):
+            pass
+    try:
+        return await task
+    except asyncio.CancelledError:
+        raise RunError("Failed to fetch Envoy bootstrap config. context canceled") from None
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+
+
+async def _run_async(cfg: RunConfig, request: dict[str, Any], work_dir: Path, envoy_binary: str) -> int:
+    from kuma_dp.bootstrap.client import (
+        FETCH_FAILED_PREFIX,
+        BootstrapError,
+        BootstrapResult,
+        write_bootstrap,
+    )
+
+    if cfg.bootstrap_source == "local":
+        result = BootstrapResult(bootstrap_yaml=_local_bootstrap(cfg, request))
+        log.info("rendered bootstrap configuration locally")
+    else:
+        log.info("generating bootstrap configuration cp=%s", cfg.control_plane.url)
+        try:
+            result = await _fetch_cancellable(cfg, request)
+        except BootstrapError as exc:
+            raise RunError(f"{FETCH_FAILED_PREFIX} {exc}") from None
+        log.info("received bootstrap configuration")
+    path = write_bootstrap(work_dir, result)
+    try:
+        from kuma_dp.agent import run_agent
+    except ImportError:
+        raise RunError("the agent runtime (kuma_dp.agent) is not available in this build") from None
+    log.info("starting Kuma DP version=%s", request["version"]["kumaDp"].get("version", ""))
+    return await run_agent(cfg, path, envoy_binary=envoy_binary)
+
+
+def execute(cfg: RunConfig) -> int:
+    """Everything after flag parsing; returns the exit code, raises RunError for a one-line failure."""
+    from kuma_dp.bootstrap.client import (
+        FatalBootstrapError,
+        build_request,
+        host_has_ipv6,
+        params_from_config,
+        system_ca_bundle,
+        transparent_proxy_dataplane_config,
+    )
+    from kuma_dp.dataplane import (
+        NAME_MESH_WITH_RESOURCE,
+        PROXY_RESOURCE_TYPES,
+        DataplaneError,
+        load_dataplane,
+    )
+    from kuma_dp.token import TokenError, resolve_token
+
+    try:
+        load_config(cfg)
+    except EnvError as exc:
+        raise RunError(str(exc)) from None
+    rt = cfg.dataplane_runtime
+    if rt.token:
+        try:
+            from kuma_dp import logs
+
+            logs.add_secret(rt.token)
+        except ImportError:
+            pass
+    try:
+        validate(cfg)
+    except ConfigError as exc:
+        raise RunError(f"Invalid configuration: {exc}") from None
+    log.info("effective configuration config=%s", json.dumps(effective_config(cfg), sort_keys=True))
+    if cfg.dataplane.proxy_type not in PROXY_RESOURCE_TYPES:
+        raise RunError(f'invalid proxy type "{cfg.dataplane.proxy_type}"')
+    if not rt.envoy_log_level:
+        rt.envoy_log_level = cfg.log.level
+    try:
+        resource = load_dataplane(
+            rt.resource, rt.resource_path, rt.resource_vars, proxy_type=cfg.dataplane.proxy_type
+        )
+    except DataplaneError as exc:
+        raise RunError(str(exc)) from None
+    if resource is not None:
+        if cfg.dataplane.name or cfg.dataplane.mesh:
+            raise RunError(NAME_MESH_WITH_RESOURCE)
+        cfg.dataplane.mesh, cfg.dataplane.name = resource.mesh, resource.name
+
+    work_dir, is_temp = prepare_work_dir(cfg)
+    try:
+        if not cfg.dns.config_dir:
+            cfg.dns.config_dir = str(work_dir)
+        try:
+            token = resolve_token(rt.token, rt.token_path, work_dir, cfg.dataplane.name)
+        except TokenError as exc:
+            raise RunError(str(exc)) from None
+        if token is not None:
+            rt.token_path = token.path
+        _read_ca(cfg)
+        envoy_binary, envoy_info = _envoy(cfg)
+        if rt.ipv6_enabled and not host_has_ipv6():
+            rt.ipv6_enabled = False
+        if not rt.system_ca_path:
+            rt.system_ca_path = system_ca_bundle()
+        metadata: dict[str, str] = {}
+        if cfg.host_ip:
+            metadata["HOST_IP"] = cfg.host_ip
+        try:
+            dataplane_config = transparent_proxy_dataplane_config(cfg)
+        except FatalBootstrapError as exc:
+            raise RunError(str(exc)) from None
+        params = params_from_config(
+            cfg,
+            dataplane=resource,
+            token=token.value if token else "",
+            token_path=token.path if token else "",
+            envoy_version=envoy_info,
+            workdir=str(work_dir),
+            dynamic_metadata=metadata,
+            dataplane_config=dataplane_config,
+        )
+        request = build_request(params)
+        return asyncio.run(_run_async(cfg, request, work_dir, envoy_binary))
+    finally:
+        if is_temp:
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _run(**kw: Any) -> None:
+    from kuma_dp.dataplane import DataplaneError
+
+    try:
+        cfg = config_from_flags(kw)
+    except DataplaneError as exc:  # a malformed --dataplane-var
+        raise click.UsageError(str(exc)) from None
+    try:
+        _setup_logging(cfg)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
+        code = execute(cfg)
+    except RunError as exc:
+        log.debug("start-up failed", exc_info=False)
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+    sys.exit(code)
+
+
+def _build_command() -> click.Command:
+    func: Any = _run
+    for opt in reversed(OPTIONS):
+        func = opt(func)
+    return click.command(
+        "run",
+        short_help="Launch Dataplane (Envoy)",
+        help="Launch Dataplane (Envoy): fetch the bootstrap from the Control Plane and supervise Envoy.",
+        context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+    )(func)
+
+
+run = _build_command()
