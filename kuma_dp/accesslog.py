@@ -21,13 +21,17 @@ import logging
 import os
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kuma_dp.component import Component
 from kuma_dp.metrics._agent import AgentMetrics
 
+if TYPE_CHECKING:
+    from kuma_dp.agent import AgentContext
+
 log = logging.getLogger("kuma-dp.access-log-streamer")
 
-__all__ = ["AccessLogStreamer", "parse_line"]
+__all__ = ["AccessLogStreamer", "parse_line", "streamer_component"]
 
 MAX_LINE_BYTES = 1024 * 1024
 DEFAULT_BUFFER_LINES = 10_000
@@ -239,3 +243,12 @@ class AccessLogStreamer(Component):
                 "dropped access-log lines that are neither 'address;message' nor JSON",
                 extra={"count": self.malformed},
             )
+
+
+def streamer_component(ctx: AgentContext) -> AccessLogStreamer:
+    """For kuma_dp.agent: the FIFO `<workdir>/kuma-al-<name>-<mesh>.sock`. Start it BEFORE Envoy opens the
+    path (BEFORE_ENVOY), or Envoy creates a regular file there and the logs go nowhere."""
+    from kuma_dp.metrics import agent_metrics, socket_path
+
+    fifo = socket_path(ctx.work_dir, "kuma-al", ctx.cfg.dataplane.name, ctx.cfg.dataplane.mesh)
+    return AccessLogStreamer(fifo, metrics=agent_metrics())

@@ -15,12 +15,16 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING
 
 from kuma_dp.component import Component
 
+if TYPE_CHECKING:
+    from kuma_dp.agent import AgentContext
+
 log = logging.getLogger("kuma-dp.sd-notify")
 
-__all__ = ["SdNotifier", "SystemdNotifier", "watchdog_interval"]
+__all__ = ["SdNotifier", "SystemdNotifier", "notifier_component", "watchdog_interval"]
 
 ReadyCheck = Callable[[], bool | Awaitable[bool]]
 
@@ -93,12 +97,14 @@ class SystemdNotifier(Component):
         self,
         is_ready: ReadyCheck,
         *,
+        is_stopping: Callable[[], bool] | None = None,
         notifier: SdNotifier | None = None,
         poll_interval: float = 0.2,
         environ: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
         self.is_ready = is_ready
+        self.is_stopping = is_stopping
         self.notifier = notifier if notifier is not None else SdNotifier(environ=environ)
         self.poll_interval = poll_interval
         self.watchdog = watchdog_interval(environ)
@@ -125,13 +131,16 @@ class SystemdNotifier(Component):
                 if self.watchdog:
                     tg.create_task(self._ping_watchdog(), name="sd-watchdog")
                 await self._wait_ready()
-                await asyncio.Future()  # keep pinging the watchdog until the agent stops
+                await self._wait_stopping()
         finally:
             self.stopping()
             self.notifier.close()
 
     async def _wait_ready(self) -> None:
         while not self.sent_stopping:
+            if self.is_stopping is not None and self.is_stopping():
+                self.stopping()
+                return
             try:
                 ready = await self._check()
             except Exception as exc:  # a failing check means "not ready yet", not "crash the agent"
@@ -144,8 +153,30 @@ class SystemdNotifier(Component):
                 return
             await asyncio.sleep(self.poll_interval)
 
+    async def _wait_stopping(self) -> None:
+        """Send STOPPING=1 as soon as the drain starts; then idle (the watchdog keeps pinging)."""
+        while self.is_stopping is not None and not self.sent_stopping:
+            if self.is_stopping():
+                self.stopping()
+            await asyncio.sleep(self.poll_interval)
+        await asyncio.Future()
+
     async def _ping_watchdog(self) -> None:
         assert self.watchdog is not None
         while True:
             self.notifier.notify("WATCHDOG=1")
             await asyncio.sleep(self.watchdog)
+
+
+def notifier_component(ctx: AgentContext) -> SystemdNotifier | None:
+    """For kuma_dp.agent's AFTER_ENVOY: READY=1 when `/ready` would answer 200, STOPPING=1 once the first
+    termination signal flips readiness to TERMINATING; None (no component) without NOTIFY_SOCKET."""
+    notifier = SdNotifier()
+    if not notifier.enabled:
+        return None
+    from kuma_dp.readiness import evaluate
+
+    async def is_ready() -> bool:
+        return (await evaluate(ctx.readiness, ctx.admin)).status == 200
+
+    return SystemdNotifier(is_ready, is_stopping=lambda: ctx.readiness.terminating, notifier=notifier)

@@ -10,6 +10,7 @@ from kuma_dp.metrics._hijacker import (
     select_content_type,
     socket_path,
 )
+from kuma_dp.metrics._wiring import StartupObserver, hijacker_component, startup_observer_component
 
 __all__ = [
     "PHASES",
@@ -18,9 +19,12 @@ __all__ = [
     "ContentFormat",
     "MetricsHijacker",
     "ScrapeTarget",
+    "StartupObserver",
     "agent_metrics",
+    "hijacker_component",
     "merge_bodies",
     "response_format",
     "select_content_type",
     "socket_path",
+    "startup_observer_component",
 ]

@@ -24,7 +24,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -207,6 +207,7 @@ class MetricsHijacker(Component):
         metrics: AgentMetrics | None = None,
         endpoint_timeout: float = DEFAULT_ENDPOINT_TIMEOUT,
         include_agent_metrics: bool = True,
+        readiness_state: Callable[[], Awaitable[str]] | None = None,
     ) -> None:
         super().__init__()
         self.socket_path = socket_path
@@ -221,6 +222,8 @@ class MetricsHijacker(Component):
         self.registry = registry
         self.endpoint_timeout = endpoint_timeout
         self.include_agent_metrics = include_agent_metrics
+        #: Called per scrape to refresh `kuma_dp_readiness_state` (what /ready would answer right now).
+        self.readiness_state = readiness_state
         self._connections: set[asyncio.Task[None]] = set()
 
     # -- serving -----------------------------------------------------------------------------------
@@ -254,6 +257,7 @@ class MetricsHijacker(Component):
     async def handle(self, request: _http.Request) -> tuple[int, dict[str, str], bytes]:
         """One HTTP request: `/meshmetric*` from our registry, anything else the merged page."""
         accept = request.headers.get("accept")
+        await self._refresh_readiness()
         if request.path.startswith("/meshmetric"):
             fmt = negotiate(accept)
             body = self._render_registry(fmt)
@@ -266,6 +270,15 @@ class MetricsHijacker(Component):
         if self.metrics is not None:
             self.metrics.scrapes.inc()
         return 200, {"content-type": fmt.value}, merge_bodies(bodies, fmt)
+
+    async def _refresh_readiness(self) -> None:
+        if self.readiness_state is None or self.metrics is None:
+            return
+        try:
+            async with asyncio.timeout(1.0):
+                self.metrics.readiness_state(await self.readiness_state())
+        except Exception as exc:  # a stale gauge beats a failed scrape
+            log.debug("readiness state unavailable", extra={"error": str(exc)})
 
     def _render_registry(self, fmt: ContentFormat) -> bytes:
         if fmt in (ContentFormat.OPENMETRICS_1_0_0, ContentFormat.OPENMETRICS_0_0_1):

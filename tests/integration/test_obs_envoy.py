@@ -21,7 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kuma_dp import logs
 from kuma_dp.accesslog import AccessLogStreamer
-from kuma_dp.metrics import AgentMetrics, MetricsHijacker, ScrapeTarget, socket_path
+from kuma_dp.envoy._admin import AdminAddress, AdminClient
+from kuma_dp.metrics import AgentMetrics, MetricsHijacker, ScrapeTarget, StartupObserver, socket_path
 from kuma_dp.metrics._http import get
 from tests.conftest import free_port
 
@@ -288,6 +289,9 @@ async def _scenario(envoy: str, tmp: Path) -> None:
     class Admin:
         host, port, socket_path = "", 0, admin_sock
 
+    async def ready_state() -> str:
+        return "READY"
+
     with healthy_app() as app, hanging_app() as hanging_port:
         hijacker = MetricsHijacker(
             mh_sock,
@@ -298,6 +302,7 @@ async def _scenario(envoy: str, tmp: Path) -> None:
             ],
             transparent_proxy=True,
             metrics=metrics,
+            readiness_state=ready_state,
         )
         streamer = AccessLogStreamer(fifo, metrics=metrics)
         cfg = tmp / "bootstrap.json"
@@ -321,7 +326,12 @@ async def _scenario(envoy: str, tmp: Path) -> None:
                 stdin=subprocess.DEVNULL,
             )
             try:
+                observer = StartupObserver(AdminClient(AdminAddress(socket_path=admin_sock)), metrics)
+                observer_task = asyncio.create_task(observer.run())
                 await wait_envoy_live(admin_sock, proc)
+                await asyncio.wait_for(asyncio.shield(_phase(metrics, "envoy_live")), 30)
+                observer_task.cancel()
+                await asyncio.gather(observer_task, return_exceptions=True)
                 for i in range(3):
                     status, _, body = await http_get(app_port, f"/order/{i}")
                     assert (status, body) == (200, b"hi")
@@ -367,6 +377,17 @@ async def _scenario(envoy: str, tmp: Path) -> None:
                     if s.name.endswith("_total")
                 }
                 assert sent == {f"127.0.0.1:{c1_port}": 3, f"127.0.0.1:{c2_port}": 3}
+                phases = {
+                    s.labels["phase"]: s.value
+                    for s in families["kuma_dp_startup_phase_duration_seconds"].samples
+                }
+                assert phases["envoy_live"] > 0
+                assert families["kuma_dp_envoy_starts"].samples[0].value == 1
+                readiness = {
+                    s.labels["kuma_dp_readiness_state"]: s.value
+                    for s in families["kuma_dp_readiness_state"].samples
+                }
+                assert readiness["READY"] == 1
 
                 # /meshmetric: only the agent's registry.
                 status, _, body = await http_get(prom_port, "/meshmetric")
@@ -384,3 +405,8 @@ async def _scenario(envoy: str, tmp: Path) -> None:
             assert c.server is not None
             c.server.close()
     assert not Path(mh_sock).exists()
+
+
+async def _phase(metrics: AgentMetrics, phase: str) -> None:
+    while phase not in metrics.phases():
+        await asyncio.sleep(0.05)

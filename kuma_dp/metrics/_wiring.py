@@ -1,0 +1,129 @@
+"""Factories that plug observability into `kuma_dp.agent` (its AFTER_ENVOY "module:factory" list).
+
+Each takes the agent's `AgentContext` and returns a component (or None), so the lead wires each part with
+one line; nothing here is needed to use the components directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import REGISTRY
+
+from kuma_dp.component import Component
+from kuma_dp.metrics._agent import AgentMetrics, agent_metrics
+from kuma_dp.metrics._hijacker import MetricsHijacker, socket_path
+
+if TYPE_CHECKING:
+    from kuma_dp.agent import AgentContext
+
+log = logging.getLogger("kuma-dp.metrics")
+
+__all__ = ["StartupObserver", "hijacker_component", "startup_observer_component"]
+
+
+def _uses_transparent_proxy(ctx: AgentContext) -> bool:
+    rt = ctx.cfg.dataplane_runtime
+    return bool(getattr(rt, "transparent_proxy", False) or getattr(rt, "transparent_proxy_config", None))
+
+
+def hijacker_component(
+    ctx: AgentContext, aggregate: Sequence[Mapping[str, Any]] = (), *, metrics: AgentMetrics | None = None
+) -> MetricsHijacker:
+    """The hijacker on `<workdir>/kuma-mh-<name>-<mesh>.sock`; `aggregate` is the bootstrap response's
+    `metrics_aggregate` (bind it with functools.partial). Serves prometheus_client's default REGISTRY under
+    /meshmetric, where kuma_dns and `agent_metrics()` register."""
+    from kuma_dp.readiness import evaluate
+
+    metrics = metrics or agent_metrics()
+
+    async def readiness_state() -> str:
+        if ctx.readiness.terminating:
+            return "TERMINATING"
+        answer = await evaluate(ctx.readiness, ctx.admin)
+        return "READY" if answer.status == 200 else "NOT_READY"
+
+    return MetricsHijacker(
+        socket_path(ctx.work_dir, "kuma-mh", ctx.cfg.dataplane.name, ctx.cfg.dataplane.mesh),
+        ctx.admin.address,
+        aggregate,
+        transparent_proxy=_uses_transparent_proxy(ctx),
+        registry=REGISTRY if metrics.registry is REGISTRY else metrics.registry,
+        metrics=metrics,
+        readiness_state=readiness_state,
+    )
+
+
+class StartupObserver(Component):
+    """Records start-up phases from the outside: Envoy spawn → LIVE, first config (first LDS update), first
+    DNS table. Started right after Envoy (its spawn time is taken as this component's construction time).
+    Polls the admin API until every phase is known, then idles."""
+
+    name = "startup-observer"
+
+    def __init__(
+        self,
+        admin: Any,
+        metrics: AgentMetrics,
+        *,
+        dns_ready: asyncio.Event | None = None,
+        spawned_at: float | None = None,
+        poll_interval: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.admin = admin
+        self.metrics = metrics
+        self.dns_ready = dns_ready
+        self.spawned_at = time.monotonic() if spawned_at is None else spawned_at
+        self.poll_interval = poll_interval
+
+    async def _wait_live(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                resp = await self.admin.get("/ready")
+                if resp.status == 200:
+                    secs = self.metrics.phase_done("envoy_live", since=self.spawned_at)
+                    log.info("envoy is LIVE", extra={"seconds": round(secs, 3)})
+                    return
+            await asyncio.sleep(self.poll_interval)
+
+    async def _wait_first_config(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                resp = await self.admin.get("/stats?filter=^listener_manager.lds.update_success$")
+                for line in resp.body.decode().splitlines():
+                    key, _, value = line.partition(":")
+                    if key.strip() == "listener_manager.lds.update_success" and int(value) > 0:
+                        secs = self.metrics.phase_done("first_config")
+                        log.info("first configuration received", extra={"seconds": round(secs, 3)})
+                        return
+            await asyncio.sleep(max(self.poll_interval, 0.25))
+
+    async def _wait_dns(self) -> None:
+        assert self.dns_ready is not None
+        await self.dns_ready.wait()
+        secs = self.metrics.phase_done("first_dns_table")
+        log.info("first DNS table loaded", extra={"seconds": round(secs, 3)})
+
+    async def run(self) -> None:
+        self.metrics.envoy_started()
+        self.ready.set()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._wait_live())
+            tg.create_task(self._wait_first_config())
+            if self.dns_ready is not None:
+                tg.create_task(self._wait_dns())
+        await asyncio.Future()
+
+
+def startup_observer_component(ctx: AgentContext, *, metrics: AgentMetrics | None = None) -> StartupObserver:
+    """Also hooks Envoy exits into `kuma_dp_envoy_exits_total`."""
+    metrics = metrics or agent_metrics()
+    ctx.envoy_exit_hooks.append(metrics.envoy_exited)
+    dns_ready = ctx.readiness.dns_ready if ctx.readiness.dns_gate else None
+    return StartupObserver(ctx.admin, metrics, dns_ready=dns_ready)
