@@ -469,7 +469,10 @@ def start_bootstrap_server(
     server = server_cls((host, port), handler)
     if tls is not None:
         server.ssl_context = server_ssl_context(tls)
-    thread = threading.Thread(target=server.serve_forever, name="devcp-bootstrap-http", daemon=True)
+    # A short poll interval keeps close() (shutdown waits for the loop to notice) quick.
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="devcp-bootstrap-http", daemon=True
+    )
     thread.start()
     handle = BootstrapServer(server, thread, "https" if tls else "http")
     log.info("bootstrap server listening url=%s", handle.url)
