@@ -99,8 +99,8 @@ class EnvoyComponent(Component):
         finally:
             if self.process.returncode is None:
                 await self.stop()
-        if self.on_exit is not None:
-            self.on_exit(returncode)
+            if self.on_exit is not None and self.process.returncode is not None:
+                self.on_exit(self.process.returncode)
         if returncode != 0:
             raise EnvoyExitedError(returncode)
         log.info("Envoy exited with code 0")

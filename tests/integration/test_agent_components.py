@@ -1,0 +1,164 @@
+"""The component manager with the real Envoy: order, failure, resilient restarts, ordered stop.
+
+These run `run_agent` in-process with small components of our own next to the real Envoy, because what is
+checked is the manager's contract with components (kuma_dp/component.py), the one DNS, metrics and the
+config fetcher rely on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from kuma_dp.agent import AgentContext, run_agent
+from kuma_dp.component import Component
+from kuma_dp.config import RunConfig
+from tests.conftest import REPO, free_port
+
+pytestmark = pytest.mark.integration
+
+
+def _harness():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("startup_harness", REPO / "bench" / "startup_harness.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_cfg(work: Path, envoy_binary: str) -> tuple[RunConfig, Path]:
+    bootstrap = work / "bootstrap.yaml"
+    bootstrap.write_text(json.dumps(_harness().static_bootstrap(admin_port=free_port())))
+    cfg = RunConfig()
+    cfg.dataplane.readiness_port = free_port()
+    cfg.dataplane.drain_time = 1.0
+    cfg.dataplane.resilient_component_base_backoff = 0.05
+    cfg.dataplane.resilient_component_max_backoff = 0.2
+    cfg.dataplane_runtime.work_dir = str(work)
+    cfg.dataplane_runtime.binary_path = envoy_binary
+    cfg.dataplane_runtime.concurrency = 1
+    return cfg, bootstrap
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+
+class Flaky(Component):
+    """Resilient: fails on its first runs, then stays up."""
+
+    name = "flaky"
+    resilient = True
+
+    def __init__(self, rec: Recorder, failures: int) -> None:
+        super().__init__()
+        self.rec, self.failures, self.runs = rec, failures, 0
+
+    async def run(self) -> None:
+        self.runs += 1
+        self.rec.events.append(f"flaky run {self.runs}")
+        if self.runs <= self.failures:
+            raise RuntimeError(f"boom {self.runs}")
+        self.ready.set()
+        await asyncio.Future()
+
+
+class Finisher(Component):
+    """Non-resilient: ends the run (normally) once `until` is ready."""
+
+    name = "finisher"
+
+    def __init__(self, rec: Recorder, until: Component, ctx: AgentContext) -> None:
+        super().__init__()
+        self.rec, self.until, self.ctx = rec, until, ctx
+
+    async def run(self) -> None:
+        self.ready.set()
+        await self.until.ready.wait()
+        self.rec.events.append("finisher done")
+
+
+class Watcher(Component):
+    """Records, when stopped, whether Envoy was already stopped (it must be: Envoy goes first)."""
+
+    name = "watcher"
+
+    def __init__(self, rec: Recorder, ctx: AgentContext) -> None:
+        super().__init__()
+        self.rec, self.ctx = rec, ctx
+
+    async def run(self) -> None:
+        self.ready.set()
+        try:
+            await asyncio.Future()
+        finally:
+            assert self.ctx.envoy is not None and self.ctx.envoy.process is not None
+            envoy_done = self.ctx.envoy.process.returncode is not None
+            self.rec.events.append(f"watcher stopped envoy_done={envoy_done}")
+
+
+class Broken(Component):
+    name = "broken-dns"
+
+    def __init__(self, rec: Recorder) -> None:
+        super().__init__()
+        self.rec = rec
+
+    async def run(self) -> None:
+        self.rec.events.append("broken run")
+        raise OSError("cannot bind 127.0.0.1:15053")
+
+
+def test_resilient_component_restarts_with_backoff_and_stop_is_ordered(
+    short_tmp: Path, envoy_binary: str
+) -> None:
+    cfg, bootstrap = make_cfg(short_tmp, envoy_binary)
+    rec = Recorder()
+    flaky = Flaky(rec, failures=3)
+    envoy_exits: list[int] = []
+
+    def watcher(ctx: AgentContext) -> Component:
+        ctx.envoy_exit_hooks.append(envoy_exits.append)
+        return Watcher(rec, ctx)
+
+    def finisher(ctx: AgentContext) -> Component:
+        return Finisher(rec, flaky, ctx)
+
+    code = asyncio.run(run_agent(cfg, bootstrap, extra_components=[watcher, flaky, finisher]))
+    assert code == 0  # a component that returns ends the run normally
+    assert rec.events[:4] == ["flaky run 1", "flaky run 2", "flaky run 3", "flaky run 4"]
+    assert rec.events[4:] == ["finisher done", "watcher stopped envoy_done=True"]
+    assert envoy_exits == [0]  # Envoy got SIGTERM and exited cleanly
+
+
+def test_failing_component_before_envoy_stops_the_start(short_tmp: Path, envoy_binary: str) -> None:
+    cfg, bootstrap = make_cfg(short_tmp, envoy_binary)
+    rec = Recorder()
+    seen: list[AgentContext] = []
+
+    def broken(ctx: AgentContext) -> Component:
+        seen.append(ctx)
+        return Broken(rec)
+
+    code = asyncio.run(run_agent(cfg, bootstrap, before_envoy=[broken]))
+    assert code == 1
+    assert rec.events == ["broken run"]
+    assert seen[0].envoy is not None and seen[0].envoy.process is None  # Envoy was never spawned
+
+
+def test_disabled_component_factory_returning_none_is_skipped(short_tmp: Path, envoy_binary: str) -> None:
+    cfg, bootstrap = make_cfg(short_tmp, envoy_binary)
+    rec = Recorder()
+    flaky = Flaky(rec, failures=0)
+
+    def finisher(ctx: AgentContext) -> Component:
+        return Finisher(rec, flaky, ctx)
+
+    code = asyncio.run(run_agent(cfg, bootstrap, extra_components=[lambda ctx: None, flaky, finisher]))
+    assert code == 0
+    assert rec.events == ["flaky run 1", "finisher done"]
