@@ -1,0 +1,302 @@
+"""`kuma-dp dns` driven by real clients (dig, dnspython) against a real upstream (dnsmasq started here)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import dns.flags
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+import pytest
+
+from kuma_dp.fsutil import atomic_write
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+PAYLOAD = {
+    "records": [
+        {"name": "backend.test-ns.svc.8080.mesh", "ips": ["240.0.0.0", "::ffff:f000:0"]},
+        {"name": "httpbin.mesh", "ips": ["240.0.0.1", "::ffff:f000:1"]},
+        {"name": "v4only.mesh", "ips": ["240.0.0.2"]},
+    ],
+    "ttl": 30,
+    "extraLabels": {"mesh": "default"},
+}
+
+
+def free_udp_tcp_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1 (dnsmasq and our server bind both)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind(("127.0.0.1", 0))
+            port = u.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                try:
+                    t.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return int(port)
+    raise RuntimeError("no free port")
+
+
+def query(port: int, name: str, rdtype: str = "A", tcp: bool = False, **kw: object) -> dns.message.Message:
+    q = dns.message.make_query(name, rdtype, **kw)  # type: ignore[arg-type]
+    if tcp:
+        return dns.query.tcp(q, "127.0.0.1", port=port, timeout=8)
+    return dns.query.udp(q, "127.0.0.1", port=port, timeout=8, ignore_trailing=False)
+
+
+def dig(port: int, *args: str) -> str:
+    out = subprocess.run(
+        ["dig", "@127.0.0.1", "-p", str(port), "+time=8", "+tries=1", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return out.stdout
+
+
+@dataclass
+class Proc:
+    proc: subprocess.Popen[str]
+    port: int
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_dnsmasq(tmp: Path, *args: str) -> Proc:
+    if not shutil.which("dnsmasq"):
+        pytest.skip("dnsmasq not installed (apt install dnsmasq-base; ./dev does)")
+    port = free_udp_tcp_port()
+    proc = subprocess.Popen(
+        [
+            "dnsmasq",
+            "--no-daemon",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--user=root",
+            "--pid-file=",
+            "--listen-address=127.0.0.1",
+            "--bind-interfaces",
+            f"--port={port}",
+            *args,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            dns.query.udp(dns.message.make_query("probe.invalid", "A"), "127.0.0.1", port=port, timeout=0.2)
+            return Proc(proc, port)
+        except (dns.exception.Timeout, OSError):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("dnsmasq did not start") from None
+
+
+def start_server(tmp: Path, records: Path, *args: str, search: str = "ns.svc.cluster.local") -> Proc:
+    resolv = tmp / "resolv.conf"
+    resolv.write_text(f"search {search}\nnameserver 127.0.0.1\noptions ndots:5\n")
+    cmd = [sys.executable, "-m", "kuma_dp", "dns", "--port", "0", "--records", str(records)]
+    with open(tmp / "server.log", "w") as log:
+        proc = subprocess.Popen(
+            [*cmd, "--resolv-conf", str(resolv), *args],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            cwd=REPO,
+        )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("listening port="):
+        proc.kill()
+        raise RuntimeError(f"server did not start: {(tmp / 'server.log').read_text()}")
+    return Proc(proc, int(line.split("=")[1]))
+
+
+@pytest.fixture
+def records(tmp_path: Path) -> Path:
+    path = tmp_path / "records.json"
+    path.write_text(json.dumps(PAYLOAD))
+    return path
+
+
+@pytest.fixture
+def upstream(tmp_path: Path) -> Iterator[Proc]:
+    hosts = tmp_path / "hosts"
+    hosts.write_text("".join(f"10.1.0.{i} big.example.test\n" for i in range(1, 61)))
+    p = start_dnsmasq(
+        tmp_path,
+        "--address=/example.test/10.9.9.9",
+        "--local-ttl=300",
+        f"--addn-hosts={hosts}",
+    )
+    yield p
+    p.stop()
+
+
+@pytest.fixture
+def server(tmp_path: Path, records: Path, upstream: Proc) -> Iterator[Proc]:
+    p = start_server(tmp_path, records, "--upstream", f"127.0.0.1:{upstream.port}")
+    yield p
+    p.stop()
+
+
+def test_dig_mesh_names_udp_and_tcp(server: Proc) -> None:
+    for transport in ("+notcp", "+tcp"):
+        out = dig(server.port, "HTTPbin.MESH", "A", transport)
+        assert "status: NOERROR" in out and " aa " in out.split("flags:")[1].split(";")[0] + " "
+        assert "HTTPbin.MESH.\t\t30\tIN\tA\t240.0.0.1" in out  # the client's case echoed, TTL from payload
+        out6 = dig(server.port, "httpbin.mesh", "AAAA", transport, "+short")
+        assert out6.strip() == "::ffff:240.0.0.1"
+    # A name with only an IPv4 VIP: NOERROR, empty AAAA answer (never NXDOMAIN: curl needs this).
+    out = dig(server.port, "v4only.mesh", "AAAA")
+    assert "status: NOERROR" in out and "ANSWER: 0" in out
+    # Unknown names under .mesh: NXDOMAIN with a SOA for negative caching.
+    out = dig(server.port, "nope.mesh", "A", "+noedns")
+    assert "status: NXDOMAIN" in out and "IN\tSOA\tns.mesh. hostmaster.mesh." in out
+
+
+def test_dnspython_edns_noedns_search_domains(server: Proc) -> None:
+    for kw in ({}, {"use_edns": 0, "payload": 1232}, {"use_edns": 0, "payload": 4096, "want_dnssec": True}):
+        for tcp in (False, True):
+            r = query(server.port, "backend.test-ns.svc.8080.mesh", "A", tcp=tcp, **kw)
+            assert r.rcode() == dns.rcode.NOERROR and r.flags & dns.flags.AA
+            assert [rr.to_text() for rr in r.answer[0]] == ["240.0.0.0"]
+            assert (r.edns >= 0) == ("use_edns" in kw)
+    # The search-domain form a glibc client with `search ns.svc.cluster.local` tries first is answered here.
+    r = query(server.port, "httpbin.mesh.ns.svc.cluster.local", "A")
+    assert r.rcode() == dns.rcode.NOERROR and r.answer[0][0].to_text() == "240.0.0.1"
+    # Other types for a mesh name: authoritative NODATA (an upstream NXDOMAIN would poison the A record).
+    r = query(server.port, "httpbin.mesh", "TXT")
+    assert r.rcode() == dns.rcode.NOERROR and not r.answer and r.flags & dns.flags.AA
+
+
+def test_forwarding_failover_cache_and_truncation(tmp_path: Path, records: Path, upstream: Proc) -> None:
+    dead = free_udp_tcp_port()  # nothing listens: ICMP port unreachable, then the next server
+    srv = start_server(
+        tmp_path, records, "--upstream", f"127.0.0.1:{dead}", "--upstream", f"127.0.0.1:{upstream.port}"
+    )
+    try:
+        r = query(srv.port, "www.example.test", "A")
+        assert r.rcode() == dns.rcode.NOERROR and r.answer[0][0].to_text() == "10.9.9.9"
+        # More than 512 bytes: a classic client gets TC and an empty answer; TCP and EDNS0 get all 60.
+        out = dig(srv.port, "big.example.test", "+noedns", "+ignore")
+        assert "tc" in out.split("flags:")[1].split(";")[0] and "ANSWER: 0" in out
+        assert (
+            len(dig(srv.port, "big.example.test", "+noedns", "+short").split()) == 60
+        )  # dig retried over TCP
+        assert len(dig(srv.port, "big.example.test", "+tcp", "+short").split()) == 60
+        assert len(dig(srv.port, "big.example.test", "+bufsize=4096", "+short").split()) == 60
+        # Cached: with the upstream gone the same names still answer, TTL counting down from 300.
+        upstream.stop()
+        r = query(srv.port, "www.example.test", "A")
+        assert r.rcode() == dns.rcode.NOERROR and r.answer[0][0].to_text() == "10.9.9.9"
+        assert 0 < r.answer[0].ttl <= 300
+        r = query(srv.port, "WWW.example.TEST", "A", tcp=True)  # cache is case-insensitive, case echoed
+        assert r.question[0].name.to_text() == "WWW.example.TEST." and r.answer[0][0].to_text() == "10.9.9.9"
+        # Never asked before and no upstream left: SERVFAIL (not a hang).
+        r = query(srv.port, "other.example.test", "A")
+        assert r.rcode() == dns.rcode.SERVFAIL
+    finally:
+        srv.stop()
+
+
+def test_negative_cache_and_serve_stale(tmp_path: Path, records: Path) -> None:
+    up = start_dnsmasq(
+        tmp_path,
+        "--auth-server=ns.neg.test,lo",
+        "--auth-zone=neg.test",
+        "--auth-ttl=2",
+        "--auth-soa=1,hostmaster.neg.test,1200,120,1209600,2",
+        "--host-record=h.neg.test,10.3.3.3",
+    )
+    srv = start_server(tmp_path, records, "--upstream", f"127.0.0.1:{up.port}")
+    try:
+        assert query(srv.port, "h.neg.test").answer[0][0].to_text() == "10.3.3.3"
+        r = query(srv.port, "missing.neg.test")
+        assert r.rcode() == dns.rcode.NXDOMAIN and r.authority  # SOA came through
+        up.stop()
+        r = query(srv.port, "missing.neg.test")
+        assert r.rcode() == dns.rcode.NXDOMAIN  # RFC 2308: negative answer served from the cache
+        time.sleep(2.2)  # both expire
+        r = query(srv.port, "h.neg.test")
+        # RFC 8767: upstream down, expired answer served with the stale TTL (30 s).
+        assert r.rcode() == dns.rcode.NOERROR and r.answer[0][0].to_text() == "10.3.3.3"
+        assert r.answer[0].ttl == 30
+    finally:
+        srv.stop()
+        up.stop()
+
+
+def test_records_file_is_reread_when_it_changes(tmp_path: Path, records: Path) -> None:
+    srv = start_server(tmp_path, records)
+    try:
+        assert query(srv.port, "new.mesh").rcode() == dns.rcode.NXDOMAIN
+        payload = dict(PAYLOAD, records=[*PAYLOAD["records"], {"name": "new.mesh", "ips": ["240.0.0.9"]}])
+        atomic_write(records, json.dumps(payload))
+        deadline = time.monotonic() + 10
+        while query(srv.port, "new.mesh").rcode() != dns.rcode.NOERROR:
+            assert time.monotonic() < deadline, "records file change not picked up"
+            time.sleep(0.1)
+        assert query(srv.port, "new.mesh").answer[0][0].to_text() == "240.0.0.9"
+        # A broken file keeps the last good table.
+        records.write_text("{not json")
+        time.sleep(1.2)
+        assert query(srv.port, "new.mesh").answer[0][0].to_text() == "240.0.0.9"
+        assert srv.proc.poll() is None
+    finally:
+        srv.stop()
+
+
+def test_cli_rejects_bad_records_file_and_taken_port(tmp_path: Path) -> None:
+    env = dict(os.environ)
+    bad = subprocess.run(
+        [sys.executable, "-m", "kuma_dp", "dns", "--port", "0", "--records", str(tmp_path / "missing.json")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+        env=env,
+        check=False,
+    )
+    assert bad.returncode == 2
+    assert "missing.json" in bad.stderr and "/dns JSON payload" in bad.stderr
+    rec = tmp_path / "r.json"
+    rec.write_text(json.dumps(PAYLOAD))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        busy = subprocess.run(
+            [sys.executable, "-m", "kuma_dp", "dns", "--port", str(port), "--records", str(rec)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=REPO,
+            check=False,
+        )
+    assert busy.returncode == 1 and f"DNS port {port}" in busy.stderr and "in use" in busy.stderr
