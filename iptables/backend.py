@@ -1,0 +1,313 @@
+"""The iptables edge: find the binaries, pick nft or legacy as Kuma does, apply atomically, roll back.
+
+Everything that runs a process lives here; the rules come from `builder` and the transactions from `state`,
+both pure. Probes run concurrently (each iptables process costs a few ms; the install budget is 150 ms).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from iptables.config import TransparentProxyConfig
+from iptables.state import SavedTable, parse_save
+
+log = logging.getLogger("kuma_dp.tproxy")
+
+FALLBACK_DIRS = ("/usr/sbin", "/sbin", "/usr/bin", "/bin")
+VERSION_RE = re.compile(r"^ip6?tables[\w-]*? v(\d+(?:\.\d+)+)(?: \((.*?)\))?")
+MODULES = ("owner", "tcp", "udp", "comment", "conntrack", "multiport")
+BUILTIN_CHAINS = {"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"}
+
+
+class BackendError(RuntimeError):
+    """An install/uninstall failure, worded for the operator (which binary, which line, what to do)."""
+
+
+@dataclass(frozen=True)
+class Executables:
+    family: int
+    mode: str  # "nft" | "legacy"
+    iptables: str
+    save: str
+    restore: str
+
+    def restore_argv(self, cfg: TransparentProxyConfig | None, *, noflush: bool = True) -> list[str]:
+        argv = [self.restore]
+        if noflush:
+            argv.append("--noflush")
+        if self.mode == "legacy" and cfg is not None:
+            argv.append(f"--wait={cfg.wait}")
+            if cfg.wait_interval:
+                argv.append(f"--wait-interval={cfg.wait_interval}")
+        return argv
+
+
+@dataclass
+class Detected:
+    v4: Executables
+    v6: Executables | None
+    saved4: dict[str, SavedTable]
+    saved6: dict[str, SavedTable] | None
+    modules: frozenset[str] = field(default_factory=frozenset)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _run_many(
+    argvs: Sequence[Sequence[str]], env: Mapping[str, str] | None = None
+) -> list[tuple[int, str, str]]:
+    """Start every probe at once, then collect: N probes cost about one."""
+    procs = []
+    for argv in argvs:
+        try:
+            procs.append(
+                subprocess.Popen(
+                    list(argv),
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    env=dict(env) if env is not None else None,
+                )
+            )
+        except OSError as exc:
+            procs.append(exc)  # type: ignore[arg-type]
+    out = []
+    for p in procs:
+        if isinstance(p, OSError):
+            out.append((127, "", str(p)))
+            continue
+        so, se = p.communicate()
+        out.append((p.returncode, so, se))
+    return out
+
+
+def _find(name: str, path_env: str | None) -> str | None:
+    found = shutil.which(name, path=path_env) if path_env else shutil.which(name)
+    if found:
+        return found
+    for d in FALLBACK_DIRS:
+        p = os.path.join(d, name)
+        if os.access(p, os.X_OK):
+            return p
+    return None
+
+
+def version_mode(output: str) -> str | None:
+    """`iptables v1.8.9 (nf_tables)` -> nft; `(legacy)` or no suffix -> legacy (Kuma's regex)."""
+    if "unrecognized option '--version'" in output:
+        return "legacy"
+    m = VERSION_RE.search(output.strip().splitlines()[0] if output.strip() else "")
+    if not m:
+        return None
+    return "nft" if m.group(2) == "nf_tables" else "legacy"
+
+
+def _candidates(family: int, path_env: str | None) -> list[Executables]:
+    """Both sets if they exist: `iptables-{nft,legacy}{,-save,-restore}`, else plain `iptables*` by version."""  # noqa: E501
+    base = "iptables" if family == 4 else "ip6tables"
+    sets: list[Executables] = []
+    plain = [_find(f"{base}{s}", path_env) for s in ("", "-save", "-restore")]
+    for mode in ("nft", "legacy"):
+        paths = [_find(f"{base}-{mode}{s}", path_env) for s in ("", "-save", "-restore")]
+        if all(paths):
+            sets.append(Executables(family, mode, paths[0], paths[1], paths[2]))  # type: ignore[arg-type]
+    if not sets and all(plain):
+        outs = _run_many([[p, "--version"] for p in plain])  # type: ignore[list-item]
+        modes = {version_mode(o + e) for _, o, e in outs}
+        if len(modes) == 1 and None not in modes:
+            sets.append(Executables(family, modes.pop(), plain[0], plain[1], plain[2]))  # type: ignore[arg-type]
+    return sets
+
+
+def _from_config(family: int, given: Mapping[str, str]) -> Executables | None:
+    base = "iptables" if family == 4 else "ip6tables"
+    if base not in given:
+        return None
+    paths = [given[base], given[f"{base}-save"], given[f"{base}-restore"]]
+    outs = _run_many([[paths[0], "--version"]])
+    mode = version_mode(outs[0][1] + outs[0][2]) or "legacy"
+    return Executables(family, mode, *paths)
+
+
+def _has_rules(tables: dict[str, SavedTable]) -> bool:
+    return any(t.rules or any(c not in BUILTIN_CHAINS for c in t.chain_names()) for t in tables.values())
+
+
+def detect(cfg: TransparentProxyConfig, *, want_v6: bool, env: Mapping[str, str] | None = None) -> Detected:
+    """Kuma's choice (KUMA-DP.md §13.2) plus our datapath check: a set whose nat table fails here is skipped."""  # noqa: E501
+    env = dict(os.environ if env is None else env)
+    path_env = env.get("PATH")
+    warnings: list[str] = []
+    given4 = _from_config(4, cfg.iptables_executables)
+    cands = [given4] if given4 else _candidates(4, path_env)
+    if not cands:
+        raise BackendError(
+            "no iptables executables found (looked for iptables-nft, iptables-legacy and iptables in $PATH, "
+            "/usr/sbin, /sbin, /usr/bin, /bin): install iptables or pass --iptables-executables"
+        )
+    probes = []
+    for c in cands:
+        probes += [[c.save], [c.save, "-t", "nat"]]
+    results = _run_many(probes, env)
+    usable: list[tuple[Executables, dict[str, SavedTable], bool]] = []
+    for i, c in enumerate(cands):
+        (rc_all, out_all, err_all), (rc_nat, _, err_nat) = results[2 * i], results[2 * i + 1]
+        if rc_all != 0 or rc_nat != 0:
+            log.info("event=backend_unusable mode=%s err=%r", c.mode, (err_all or err_nat).strip())
+            continue
+        tables = parse_save(out_all)
+        usable.append((c, tables, _has_rules(tables)))
+    if not usable:
+        raise BackendError(
+            f"no working iptables backend: the nat table is unusable with {', '.join(c.save for c in cands)} "
+            "(is the nat/nf_tables kernel module available in this network namespace?)"
+        )
+    chosen = _choose(usable, warnings)
+    v4, saved4 = chosen
+    mod_results = _run_many([[v4.iptables, "-m", m, "-h"] for m in MODULES], env)
+    modules = frozenset(m for m, (rc, _, _) in zip(MODULES, mod_results, strict=True) if rc == 0)
+    missing = {"tcp", "owner"} - modules
+    if missing:
+        raise BackendError(
+            f"{v4.iptables} lacks the required match module(s) {', '.join(sorted(missing))}: "
+            "install the xtables extensions (iptables package) for this kernel"
+        )
+
+    v6: Executables | None = None
+    saved6: dict[str, SavedTable] | None = None
+    if want_v6:
+        given6 = _from_config(6, cfg.iptables_executables)
+        if given6:
+            c6: Executables | None = given6
+        else:
+            c6 = next((c for c in _candidates(6, path_env) if c.mode == v4.mode), None)
+        if c6 is None:
+            warnings.append(
+                f"no ip6tables executables matching {v4.mode} mode found: installing IPv4 rules only"
+            )
+        else:
+            (rc_all, out_all, err_all), (rc_nat, _, _) = _run_many([[c6.save], [c6.save, "-t", "nat"]], env)
+            if rc_all == 0 and rc_nat == 0:
+                v6, saved6 = c6, parse_save(out_all)
+            else:
+                warnings.append(
+                    f"IPv6 nat table unusable ({err_all.strip() or rc_nat}): installing IPv4 rules only"
+                )
+    return Detected(v4, v6, saved4, saved6, modules, warnings)
+
+
+def _choose(
+    usable: list[tuple[Executables, dict[str, SavedTable], bool]], warnings: list[str]
+) -> tuple[Executables, dict[str, SavedTable]]:
+    if len(usable) == 1:
+        return usable[0][0], usable[0][1]
+    with_rules = [u for u in usable if u[2]]
+    by_mode = {u[0].mode: u for u in usable}
+    if len(with_rules) > 1:
+        docker = [u for u in with_rules if any("DOCKER_OUTPUT" in t.chain_names() for t in u[1].values())]
+        pick = docker[0] if docker else by_mode.get("nft", with_rules[0])
+        warnings.append(
+            f"conflicting iptables modes detected: both nft and legacy have rules; using {pick[0].mode}"
+        )
+        return pick[0], pick[1]
+    if len(with_rules) == 1 and with_rules[0][0].mode == "legacy":
+        return with_rules[0][0], with_rules[0][1]
+    pick = by_mode.get("nft", usable[0])
+    return pick[0], pick[1]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Applying
+
+_LINE_RE = re.compile(r"line:? (\d+)")
+
+
+def failing_line(stderr: str, text: str) -> str:
+    """`iptables-restore: line 7 failed` -> `line 7: -A OUTPUT ...` so the operator sees the rule, not a number."""  # noqa: E501
+    m = _LINE_RE.search(stderr)
+    if not m:
+        return stderr.strip()
+    n = int(m.group(1))
+    lines = text.splitlines()
+    rule = lines[n - 1] if 0 < n <= len(lines) else "?"
+    return f"{stderr.strip()} (line {n}: {rule})"
+
+
+def restore(exe: Executables, text: str, cfg: TransparentProxyConfig | None, *, noflush: bool = True) -> None:
+    argv = exe.restore_argv(cfg, noflush=noflush)
+    try:
+        proc = subprocess.run(argv, input=text, capture_output=True, text=True, timeout=300)
+    except OSError as exc:
+        raise BackendError(f"cannot run {argv[0]}: {exc.strerror or exc}") from exc
+    if proc.returncode != 0:
+        raise BackendError(
+            f"{os.path.basename(argv[0])} failed (exit {proc.returncode}): {failing_line(proc.stderr, text)}"
+        )
+
+
+def save(exe: Executables) -> dict[str, SavedTable]:
+    proc = subprocess.run([exe.save], capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise BackendError(f"{exe.save} failed (exit {proc.returncode}): {proc.stderr.strip()}")
+    return parse_save(proc.stdout)
+
+
+def save_text(exe: Executables) -> str:
+    proc = subprocess.run([exe.save], capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise BackendError(f"{exe.save} failed (exit {proc.returncode}): {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def rollback(exe: Executables, before: dict[str, SavedTable]) -> None:
+    """Put the tables back as they were; tables that did not exist before only lose our lines."""
+    from iptables.state import restore_text, uninstall_transaction
+
+    text = restore_text(before)
+    if text:
+        restore(exe, text, None, noflush=False)
+    leftover = uninstall_transaction({k: v for k, v in save(exe).items() if k not in before})
+    if leftover:
+        restore(exe, leftover, None)
+
+
+def apply_transactions(
+    steps: Sequence[tuple[Executables, dict[str, SavedTable], str]],
+    cfg: TransparentProxyConfig,
+    *,
+    sleep: float | None = None,
+) -> int:
+    """Apply each family's transaction; on failure roll every family back and retry (Kuma: 4 x 2 s).
+
+    Returns the number of attempts used.
+    """
+    retries = cfg.retry.max_retries
+    pause = cfg.retry.sleep_between_retries if sleep is None else sleep
+    last: BackendError | None = None
+    for attempt in range(retries + 1):
+        done: list[tuple[Executables, dict[str, SavedTable]]] = []
+        try:
+            for exe, before, text in steps:
+                if not text:
+                    continue
+                done.append((exe, before))
+                restore(exe, text, cfg)
+            return attempt + 1
+        except BackendError as exc:
+            last = exc
+            for exe, before in reversed(done):
+                try:
+                    rollback(exe, before)
+                except BackendError as rb:
+                    raise BackendError(f"{exc}; ROLLBACK ALSO FAILED: {rb}") from exc
+            log.warning("event=apply_failed attempt=%d error=%r", attempt + 1, str(exc))
+            if attempt < retries:
+                time.sleep(pause)
+    assert last is not None
+    raise last

@@ -1,0 +1,407 @@
+"""`kuma-dp transparent-proxy install|uninstall|plan` and the `kuma-init` console script.
+
+Flags and config keys are Kuma v2.14's (`kumactl install transparent-proxy`, KUMA-DP.md §13.4), so existing
+scripts, init-container specs and `--config` files work unchanged. The command body is a thin sequence over
+the pure parts: config -> facts -> builder -> state transaction -> backend.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from iptables import backend, builder, state
+from iptables.config import ConfigError, TransparentProxyConfig, load_config, resolve_kuma_dp_uid
+
+# (flag, kind, help); kind: "flag" (bool, given = True), "bool" (--x/--no-x), "multi", or a click type
+_OPTIONS: list[tuple[str, Any, str]] = [
+    ("kuma-dp-user", str, "name or UID of the user running kuma-dp (default: UID 5678, then user kuma-dp)"),
+    ("kuma-dp-uid", str, "deprecated: use --kuma-dp-user"),
+    ("redirect-inbound", "bool", "redirect inbound traffic (default true)"),
+    ("redirect-inbound-port", str, "inbound redirect port (default 15006)"),
+    ("redirect-outbound-port", str, "outbound redirect port (default 15001)"),
+    ("exclude-inbound-ports", str, "comma list of inbound ports not redirected (tip: 22)"),
+    ("exclude-outbound-ports", str, "comma list of outbound ports not redirected"),
+    (
+        "exclude-inbound-ips",
+        "multi",
+        "IPs/CIDRs (comma lists, repeatable) whose inbound traffic is not redirected",
+    ),
+    ("exclude-outbound-ips", "multi", "destination IPs/CIDRs (comma lists, repeatable) not redirected"),
+    (
+        "exclude-outbound-ports-for-uids",
+        "multi",
+        "[tcp|udp|*:][ports|*:]uids, repeatable, e.g. 53,3000-5000:106-108",
+    ),
+    (
+        "redirect-inbound-insert-instead-of-append",
+        "flag",
+        "insert the PREROUTING jump instead of appending it",
+    ),
+    ("redirect-outbound-insert-instead-of-append", "flag", "insert the OUTPUT jump instead of appending it"),
+    ("redirect-dns", "flag", "redirect DNS to resolv.conf name servers to the kuma-dp DNS proxy"),
+    ("redirect-all-dns-traffic", "flag", "redirect all DNS traffic to the kuma-dp DNS proxy"),
+    ("redirect-dns-port", str, "DNS proxy port (default 15053)"),
+    ("skip-dns-conntrack-zone-split", "flag", "do not split DNS conntrack zones"),
+    (
+        "vnet",
+        "multi",
+        "ifaceRegex:CIDR of a virtual network to redirect, repeatable, e.g. docker0:172.17.0.0/16",
+    ),
+    ("ip-family-mode", str, "dualstack or ipv4 (default dualstack)"),
+    ("drop-invalid-packets", "flag", "drop packets in conntrack state INVALID (mangle)"),
+    ("iptables-logs", "flag", "add LOG rules"),
+    ("disable-comments", "flag", "do not tag rules with comments"),
+    ("wait", str, "seconds to wait for the xtables lock (legacy only, default 5)"),
+    ("wait-interval", str, "microseconds between xtables lock attempts (legacy only)"),
+    ("max-retries", str, "retries after a failed apply (default 4)"),
+    ("sleep-between-retries", str, "pause between retries (default 2s)"),
+    (
+        "iptables-executables",
+        str,
+        "name:path,... for all of iptables, iptables-save, iptables-restore (+ ip6tables*)",
+    ),
+    ("store-firewalld", "flag", "also write /etc/firewalld/direct.xml (not supported here)"),
+    ("ebpf-enabled", "flag", "eBPF mode (not supported here)"),
+    ("ebpf-instance-ip", str, "eBPF instance IP (not supported here)"),
+    ("ebpf-bpffs-path", str, "eBPF bpffs path (not supported here)"),
+    ("ebpf-cgroup-path", str, "eBPF cgroup path (not supported here)"),
+    ("ebpf-programs-source-path", str, "eBPF programs path (not supported here)"),
+    ("ebpf-tc-attach-iface", str, "eBPF tc interface (not supported here)"),
+]
+
+
+def _install_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    for name, kind, help_ in reversed(_OPTIONS):
+        if kind == "flag":
+            f = click.option(f"--{name}", is_flag=True, default=None, help=help_)(f)
+        elif kind == "bool":
+            f = click.option(f"--{name}/--no-{name}", default=None, help=help_)(f)
+        elif kind == "multi":
+            f = click.option(f"--{name}", multiple=True, help=help_)(f)
+        else:
+            f = click.option(f"--{name}", type=kind, default=None, help=help_)(f)
+    f = click.option(
+        "--config", "configs", multiple=True, help="YAML/JSON config file, repeatable; - = stdin"
+    )(f)
+    f = click.option("--config-file", default=None, help="deprecated: use --config")(f)
+    return f
+
+
+def _common_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--netns", default=None, help="network namespace (name or path) to work in")(f)
+    f = click.option("--verbose", is_flag=True, default=None, help="long option names and section comments")(
+        f
+    )
+    return f
+
+
+def _flags(ctx: click.Context, params: dict[str, Any]) -> dict[str, Any]:
+    """Only flags the user actually gave: defaults must not override config files or env."""
+    out: dict[str, Any] = {}
+    for name, _, _ in [*_OPTIONS, ("dry-run", None, ""), ("verbose", None, "")]:
+        key = name.replace("-", "_")
+        if key not in params:
+            continue
+        src = ctx.get_parameter_source(key)
+        if src in (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT):
+            value = params[key]
+            if value is None or value == ():
+                continue
+            out[name] = value
+    return out
+
+
+def _fail(msg: str) -> None:
+    click.echo(f"Error: {msg}", err=True)
+    sys.exit(1)
+
+
+def _warn(msg: str) -> None:
+    click.echo(f"# [WARNING] {msg}", err=True)
+
+
+def _load(ctx: click.Context, params: dict[str, Any]) -> TransparentProxyConfig:
+    files = ([params["config_file"]] if params.get("config_file") else []) + list(params.get("configs", ()))
+    try:
+        return load_config(files, _flags(ctx, params), os.environ)
+    except ConfigError as exc:
+        _fail(str(exc))
+        raise AssertionError from None
+
+
+@dataclass
+class Prepared:
+    cfg: TransparentProxyConfig
+    uid: int
+    facts: builder.HostFacts
+    detected: backend.Detected | None
+    rulesets: list[builder.Ruleset]
+
+
+def _prepare(cfg: TransparentProxyConfig, *, dry_run: bool) -> Prepared:
+    from iptables import netlink
+
+    try:
+        uid = resolve_kuma_dp_uid(cfg.kuma_dp_user, cni_mode=cfg.cni_mode)
+    except ConfigError as exc:
+        _fail(str(exc))
+        raise AssertionError from None
+    if cfg.store_firewalld:
+        _warn(
+            "--store-firewalld is not supported by this implementation; rules will not persist across reboots"
+        )
+    if not dry_run and os.geteuid() != 0:
+        _fail("installing the transparent proxy needs root (CAP_NET_ADMIN): run as root, or use --dry-run")
+    try:
+        links = netlink.link_facts()
+    except Exception:  # dry-run on a host without netlink access
+        links = netlink.LinkFacts("lo", 1, False)
+    detected: backend.Detected | None = None
+    try:
+        detected = backend.detect(cfg, want_v6=cfg.ipv6_wanted and links.has_ipv6)
+    except backend.BackendError as exc:
+        if not dry_run:
+            _fail(str(exc))
+        _warn(
+            "[dry-run]: no valid iptables executables found; the generated iptables rules may differ from "
+            "those generated in an environment with valid iptables executables"
+        )
+    ipv6 = False
+    if cfg.ipv6_wanted and links.has_ipv6 and (detected is None or detected.v6 is not None):
+        ipv6 = True if dry_run else netlink.ensure_ipv6_passthrough(links.loopback_index)
+    nameservers: tuple[str, ...] = ()
+    if cfg.dns.enabled and not cfg.dns.capture_all:
+        try:
+            nameservers = builder.parse_resolv_conf(Path(cfg.dns.resolv_config_path).read_text())
+        except OSError as exc:
+            _fail(
+                f"cannot read {cfg.dns.resolv_config_path} for --redirect-dns: {exc.strerror}; "
+                "use --redirect-all-dns-traffic or set redirect.dns.resolvConfigPath"
+            )
+    docker: set[int] = set()
+    if detected:
+        for fam, saved in ((4, detected.saved4), (6, detected.saved6)):
+            if saved and "nat" in saved and "DOCKER_OUTPUT" in saved["nat"].chain_names():
+                docker.add(fam)
+        for w in detected.warnings:
+            _warn(w)
+    modules = detected.modules if detected else frozenset()
+    facts = builder.HostFacts(
+        loopback=links.loopback,
+        nameservers=nameservers,
+        docker_output=frozenset(docker),
+        ipv6=ipv6,
+        comments="comment" in modules and not cfg.comments_disabled,
+        conntrack={"conntrack", "udp", "owner"} <= modules,
+    )
+    warning = builder.conntrack_warning(cfg, facts)
+    if warning:
+        _warn(warning)
+    return Prepared(cfg, uid, facts, detected, builder.build_all(cfg, facts, uid))
+
+
+@click.group("transparent-proxy", context_settings={"help_option_names": ["-h", "--help"]})
+def transparent_proxy() -> None:
+    """Install, remove or check the iptables rules that send an app's traffic through Envoy (Kuma-compatible)."""  # noqa: E501
+
+
+def _install(ctx: click.Context, params: dict[str, Any]) -> None:
+    if params.get("netns"):
+        from iptables import netlink
+
+        try:
+            netlink.enter_netns(params["netns"])
+        except RuntimeError as exc:
+            _fail(str(exc))
+    cfg = _load(ctx, params)
+    dry_run = bool(params.get("dry_run")) or cfg.dry_run
+    started = time.monotonic()
+    prep = _prepare(cfg, dry_run=dry_run)
+    if dry_run:
+        click.echo(
+            builder.render_dry_run(prep.rulesets, comments=prep.facts.comments, verbose=cfg.verbose), nl=False
+        )
+        return
+    det = prep.detected
+    assert det is not None
+    steps = []
+    for rs in prep.rulesets:
+        exe, saved = (det.v4, det.saved4) if rs.family == 4 else (det.v6, det.saved6)
+        assert exe is not None and saved is not None
+        steps.append((exe, saved, state.install_transaction(saved, rs, comments=prep.facts.comments)))
+    try:
+        attempts = backend.apply_transactions(steps, cfg)
+    except backend.BackendError as exc:
+        _fail(f"{exc} (rules left as they were before this install)")
+        return
+    flushed = 0
+    if cfg.dns.enabled:
+        from iptables import netlink
+
+        flushed = netlink.flush_dns_conntrack()
+    families = ",".join(f"ipv{rs.family}" for rs in prep.rulesets)
+    click.echo(
+        f"transparent proxy installed: backend={det.v4.mode} families={families} uid={prep.uid} "
+        f"attempts={attempts} dns_conntrack_flushed={flushed} took_ms={(time.monotonic() - started) * 1000:.0f}"  # noqa: E501
+    )
+
+
+@transparent_proxy.command("install")
+@_install_options
+@_common_options
+@click.option(
+    "--dry-run", is_flag=True, default=None, help="print the iptables-restore input, change nothing"
+)
+@click.pass_context
+def install(ctx: click.Context, **params: Any) -> None:
+    """Install the transparent proxy rules (same flags and config keys as `kumactl install transparent-proxy`)."""  # noqa: E501
+    _install(ctx, params)
+
+
+@transparent_proxy.command("uninstall")
+@_common_options
+@click.option("--dry-run", is_flag=True, default=None, help="print what would be removed, change nothing")
+@click.option("--iptables-executables", default=None, help="name:path,... as for install")
+@click.option("--ebpf-enabled", is_flag=True, default=None, help="eBPF mode (not supported here)")
+@click.option("--ebpf-bpffs-path", default=None, help="eBPF bpffs path (not supported here)")
+def uninstall(**params: Any) -> None:
+    """Remove exactly our chains and rules (KUMA_MESH* and kuma/mesh/transparent/proxy comments); keep the rest."""  # noqa: E501
+    if params.get("netns"):
+        from iptables import netlink
+
+        try:
+            netlink.enter_netns(params["netns"])
+        except RuntimeError as exc:
+            _fail(str(exc))
+    flags = (
+        {"iptables-executables": params["iptables_executables"]} if params.get("iptables_executables") else {}
+    )
+    try:
+        cfg = load_config([], flags, {})
+    except ConfigError as exc:
+        _fail(str(exc))
+        return
+    if os.geteuid() != 0 and not params.get("dry_run"):
+        _fail("uninstalling the transparent proxy needs root (CAP_NET_ADMIN): run as root")
+    try:
+        det = backend.detect(cfg, want_v6=True)
+    except backend.BackendError as exc:
+        _fail(str(exc))
+        return
+    steps = []
+    for exe, saved in ((det.v4, det.saved4), (det.v6, det.saved6)):
+        if exe is None or saved is None:
+            continue
+        foreign = state.foreign_chains(saved)
+        if foreign:
+            _fail(
+                f"refusing to uninstall: chain(s) {', '.join(foreign)} exist without Kuma's comments "
+                f"(installed with --disable-comments or by someone else); remove them with {exe.iptables} by hand"  # noqa: E501
+            )
+        text = state.uninstall_transaction(saved)
+        if params.get("dry_run"):
+            click.echo(f"### IPv{exe.family} ###\n\n{text}")
+        steps.append((exe, saved, text))
+    if params.get("dry_run"):
+        return
+    try:
+        backend.apply_transactions(steps, cfg, sleep=0.2)
+    except backend.BackendError as exc:
+        _fail(f"{exc} (rules left as they were)")
+    click.echo("transparent proxy uninstalled")
+
+
+def canonical(exe: backend.Executables, ruleset: builder.Ruleset, *, comments: bool, docker: bool) -> str:
+    """The desired ruleset as iptables-save prints it, via a throw-away netns (see iptables.canon)."""
+    text = builder.render(ruleset, comments=comments)
+    if docker:
+        text = text.replace("* nat\n", "* nat\n-N DOCKER_OUTPUT\n", 1)
+    proc = subprocess.run(
+        ["unshare", "--net", "--", sys.executable, "-m", "iptables.canon", exe.restore, exe.save],
+        input=text + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(Path(__file__).resolve().parent.parent),
+    )
+    if proc.returncode != 0:
+        raise backend.BackendError(
+            f"cannot canonicalise the desired rules: {backend.failing_line(proc.stderr, text)}"
+        )
+    return proc.stdout
+
+
+@transparent_proxy.command("plan")
+@_install_options
+@_common_options
+@click.option(
+    "--diff", "show_diff", is_flag=True, help="show a unified diff of live vs desired rules of our chains"
+)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable result")
+@click.pass_context
+def plan(ctx: click.Context, show_diff: bool, as_json: bool, **params: Any) -> None:
+    """Compare the desired rules with the live ones: exit 0 when equal, 2 when they differ."""
+    if params.get("netns"):
+        from iptables import netlink
+
+        try:
+            netlink.enter_netns(params["netns"])
+        except RuntimeError as exc:
+            _fail(str(exc))
+    cfg = _load(ctx, params)
+    prep = _prepare(cfg, dry_run=False)
+    det = prep.detected
+    assert det is not None
+    plans = []
+    for rs in prep.rulesets:
+        exe, saved = (det.v4, det.saved4) if rs.family == 4 else (det.v6, det.saved6)
+        assert exe is not None and saved is not None
+        try:
+            desired = canonical(
+                exe, rs, comments=prep.facts.comments, docker=rs.family in prep.facts.docker_output
+            )
+        except backend.BackendError as exc:
+            _fail(str(exc))
+            return
+        plans.append(
+            state.Plan(rs.family, state.our_lines(state.parse_save(desired)), state.our_lines(saved))
+        )
+    if as_json:
+        click.echo(state.plans_json(plans))
+    else:
+        for p in plans:
+            if show_diff and not p.equal:
+                click.echo(p.diff(), nl=False)
+            click.echo(
+                f"IPv{p.family}: {'up to date' if p.equal else 'differs'} "
+                f"({len(p.desired)} desired, {len(p.live)} live lines of ours)"
+            )
+    sys.exit(0 if all(p.equal for p in plans) else 2)
+
+
+@click.command("kuma-init", context_settings={"help_option_names": ["-h", "--help"]})
+@_install_options
+@_common_options
+@click.option(
+    "--dry-run", is_flag=True, default=None, help="print the iptables-restore input, change nothing"
+)
+@click.pass_context
+def kuma_init(ctx: click.Context, **params: Any) -> None:
+    """Init-container entry point: `kumactl install transparent-proxy` flags and KUMA_TRANSPARENT_PROXY_* env."""  # noqa: E501
+    _install(ctx, params)
+
+
+def kuma_init_main() -> None:
+    kuma_init(prog_name="kuma-init")
+
+
+__all__ = ["canonical", "install", "kuma_init_main", "plan", "transparent_proxy", "uninstall"]
