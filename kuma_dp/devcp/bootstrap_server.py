@@ -30,6 +30,7 @@ from kuma_dp.bootstrap.render import (
     RenderError,
     RenderParams,
     dump_yaml,
+    is_ip,
     parse_dataplane_resource,
     render_bootstrap,
 )
@@ -197,6 +198,25 @@ def aggregate_metrics(resource: Mapping[str, Any] | None) -> list[dict[str, Any]
     return out
 
 
+def resolve_ips(host: str) -> list[str]:
+    """The addresses `host` resolves to (kuma-cp: net.LookupIP); [] when it does not resolve."""
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return []
+    return sorted({str(info[4][0]) for info in infos})
+
+
+def dns_lookup_family(host: str, resolver: Callable[[str], list[str]]) -> str:
+    """kuma-cp's dnsLookupFamilyFromXdsHost: V4_ONLY for a host name with only IPv4 addresses, else AUTO."""
+    if host == "localhost" or is_ip(host) or not host:
+        return "AUTO"
+    ips = resolver(host)
+    if ips and all(":" not in ip for ip in ips):
+        return "V4_ONLY"
+    return "AUTO"
+
+
 def _host_without_port(host: str) -> str:
     """Go's net.SplitHostPort on the Host header, falling back to the header itself."""
     if host.startswith("["):
@@ -217,7 +237,8 @@ def _empty(status: int) -> Response:
 
 @dataclass
 class BootstrapService:
-    """kuma-cp's bootstrap handler and generator over a store; pure (no sockets, no clock)."""
+    """kuma-cp's bootstrap handler and generator over a store; pure (no sockets, no clock) unless given a
+    `resolver`."""
 
     store: DataplaneStore
     params: RenderParams = dataclasses.field(default_factory=RenderParams)
@@ -231,6 +252,9 @@ class BootstrapService:
     server_cert_pem: str | None = None
     #: Returned as kumaSidecarConfiguration.networking.corefileTemplate (kuma-cp's corefileTemplatePath).
     corefile_template: bytes | None = None
+    #: kuma-cp resolves a non-localhost xDS host name and renders `dnsLookupFamily: V4_ONLY` when it has only
+    #: IPv4 addresses. None keeps the service pure (no lookups); `resolve_ips` does what kuma-cp does.
+    resolver: Callable[[str], list[str]] | None = None
 
     def __post_init__(self) -> None:
         self._sans = certificate_sans(self.server_cert_pem) if self.server_cert_pem else []
@@ -280,7 +304,11 @@ class BootstrapService:
             host = _host_without_port(headers.get("host", ""))
             if self.server_cert_pem and host not in self._sans:
                 return _text(400, san_mismatch_message(host, self._sans))
-            params = dataclasses.replace(params, xds_host=host)
+            if host:  # HTTP/1.0 without Host: keep the configured host
+                params = dataclasses.replace(params, xds_host=host)
+        if self.resolver is not None and params.xds_dns_lookup_family is None:
+            family = dns_lookup_family(params.xds_host, self.resolver)
+            params = dataclasses.replace(params, xds_dns_lookup_family=family)
 
         resource_text = request.get("dataplaneResource") or ""
         if resource_text:

@@ -16,6 +16,8 @@ from kuma_dp.devcp.bootstrap_server import (
     PAGE_NOT_FOUND,
     TOKEN_REQUIRED,
     BootstrapService,
+    dns_lookup_family,
+    resolve_ips,
     san_mismatch_message,
 )
 from kuma_dp.devcp.state import Store, parse_dataplane
@@ -188,3 +190,27 @@ def test_ca_cert_that_is_not_a_ca_is_400(store: Store, ca: trustme.CA) -> None:
     assert (status, body.decode()) == (400, NOT_CA)
     good = post(service, {"mesh": "default", "name": "stored-1", "caCert": ca.cert_pem.bytes().decode()})
     assert good[0] == 200
+
+
+def test_dns_lookup_family_like_kuma_cp() -> None:
+    table = {"v4.example": ["10.0.0.1"], "dual.example": ["10.0.0.1", "fd00::1"], "none.example": []}
+    assert dns_lookup_family("v4.example", table.__getitem__) == "V4_ONLY"
+    assert dns_lookup_family("dual.example", table.__getitem__) == "AUTO"
+    assert dns_lookup_family("none.example", table.__getitem__) == "AUTO"
+    # localhost and IP literals are never looked up.
+    assert dns_lookup_family("localhost", table.__getitem__) == "AUTO"
+    assert dns_lookup_family("10.1.1.1", table.__getitem__) == "AUTO"
+    assert "127.0.0.1" in resolve_ips("localhost")
+    assert resolve_ips("no-such-host.invalid") == []
+
+
+def test_resolved_host_name_renders_v4_only(store: Store) -> None:
+    service = BootstrapService(
+        store,
+        RenderParams(xds_tls=False),
+        xds_host_from_request=True,
+        resolver={"cp.example": ["192.0.2.1"]}.__getitem__,
+    )
+    _, _, body = post(service, {"mesh": "default", "name": "stored-1"}, Host="cp.example:5678")
+    ads = next(c for c in yaml.safe_load(body)["staticResources"]["clusters"] if c["name"] == "ads_cluster")
+    assert (ads["type"], ads["dnsLookupFamily"]) == ("STRICT_DNS", "V4_ONLY")
