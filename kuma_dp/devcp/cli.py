@@ -1,0 +1,129 @@
+"""`kuma-dp dev-cp`: the development control plane in the foreground, until Ctrl-C.
+
+One port (default 5678, like kuma-cp's DP server) serves `/bootstrap` and ADS; `kuma-dp run --cp-address
+http://127.0.0.1:5678` talks to it like to kuma-cp. `--port 0` picks a free port; `--ready-file` tells scripts
+which (JSON `{"url", "port", "pid"}`, written once the CP serves).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+log = logging.getLogger("kuma_dp.devcp")
+
+
+def _fail(message: str) -> None:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(1)
+
+
+def _read_token(path: str) -> str:
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as exc:
+        _fail(
+            f"--auth-token-file {path}: cannot read it ({exc.strerror}); give a readable file with the token"
+        )
+    if not token:
+        _fail(f"--auth-token-file {path}: the file is empty; put the dataplane token in it")
+    return token
+
+
+async def serve(cp: object, ready_file: str | None) -> None:
+    """Run until SIGINT/SIGTERM, then stop everything in order."""
+    from .server import DevControlPlane
+
+    assert isinstance(cp, DevControlPlane)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await cp.start()
+        if ready_file:
+            from kuma_dp.fsutil import atomic_write
+
+            info = {"url": cp.url, "port": cp.port, "pid": os.getpid()}
+            atomic_write(Path(ready_file), json.dumps(info).encode(), mode=0o644)
+        click.echo(f"dev control plane ready: kuma-dp run --cp-address {cp.url} ...", err=True)
+        await stop.wait()
+        log.info("shutting down the dev control plane")
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await cp.stop()
+
+
+@click.command("dev-cp")
+@click.option(
+    "--address",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on (loopback by default; another address exposes the CP).",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=5678,
+    show_default=True,
+    help="Port for /bootstrap and ADS together (0: any free port).",
+)
+@click.option(
+    "--state", "state_file", default="", help="YAML file with meshes, dataplanes and services to start with."
+)
+@click.option(
+    "--auth-token-file",
+    default="",
+    help="Require this dataplane token: at /bootstrap (422 without one) and on the ADS stream.",
+)
+@click.option(
+    "--tls-cert-file", default="", help="Serve TLS with this certificate (PEM); also sent as the CA."
+)
+@click.option("--tls-key-file", default="", help="Key of --tls-cert-file (PEM).")
+@click.option("--ready-file", default="", help="Write {url, port, pid} as JSON here once serving.")
+@click.option("--log-level", type=click.Choice(["info", "debug"]), default="info", show_default=True)
+def dev_cp(
+    address: str,
+    port: int,
+    state_file: str,
+    auth_token_file: str,
+    tls_cert_file: str,
+    tls_key_file: str,
+    ready_file: str,
+    log_level: str,
+) -> None:
+    """Run the development control plane (kuma-cp's /bootstrap and ADS for kuma-dp and Envoy)."""
+    from kuma_dp import logs
+
+    from .server import DevControlPlane, TlsConfig
+    from .state import StateError, Store, load_state
+
+    logs.setup_logging(log_level, None, 100, 1, 30)
+    if log_level != "debug":
+        logging.getLogger("grpc").setLevel(logging.WARNING)
+    try:
+        store = load_state(state_file) if state_file else Store()
+    except StateError as exc:
+        _fail(str(exc))
+    token = _read_token(auth_token_file) if auth_token_file else None
+    if token:
+        logs.add_secret(token)
+    if bool(tls_cert_file) != bool(tls_key_file):
+        _fail("--tls-cert-file and --tls-key-file go together; give both or neither")
+    tls = TlsConfig(tls_cert_file, tls_key_file) if tls_cert_file else None
+    cp = DevControlPlane(store, host=address, port=port, token=token, tls=tls)
+    try:
+        asyncio.run(serve(cp, ready_file or None))
+    except OSError as exc:
+        _fail(f"cannot listen on {address}:{port}: {exc.strerror or exc}; pick another --port (0 = any)")
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
