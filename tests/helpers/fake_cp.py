@@ -176,7 +176,9 @@ class FakeCP:
             return self.replies[idx]
 
     def start(self) -> FakeCP:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-cp", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-cp", daemon=True
+        )
         self._thread.start()
         return self
 
