@@ -25,8 +25,8 @@ readiness socket is bound before anything starts, so a taken port fails fast (ku
 
 Exit (§5.3): any Envoy exit stops the agent (exit 1 if Envoy failed, 0 if it exited 0); so does a failing
 non-resilient component (exit 1). Resilient ones restart with exponential backoff (base
-KUMA_DATAPLANE_RESILIENT_COMPONENT_BASE_BACKOFF 5 s, cap _MAX_BACKOFF 1 min, ±20 % jitter). Envoy is never
-restarted.
+KUMA_DATAPLANE_RESILIENT_COMPONENT_BASE_BACKOFF 5 s, cap _MAX_BACKOFF 1 min, ±20 % jitter). Envoy is
+never restarted.
 
 Signals (§5.4): 1st SIGTERM/SIGINT → readiness TERMINATING, POST /healthcheck/fail, wait the drain time
 (a 2nd signal ends the wait, a 3rd exits 1 at once) → stop Envoy (SIGTERM, SIGKILL after 5 s) → stop the
@@ -72,8 +72,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kuma-dp.agent")
 
-#: Components started before Envoy (Kuma: the DNS proxy), as "module:factory" with factory(ctx) -> Component |
-#: None.
+#: Components started before Envoy (Kuma: the DNS proxy), as "module:factory";
+#: factory(ctx) -> Component | None.
 BEFORE_ENVOY: list[str] = []
 #: Components started after Envoy, before the readiness reporter, in Kuma's order (config fetcher, access-log
 #: streamer, metrics hijacker, ...). Same form as BEFORE_ENVOY.
@@ -213,9 +213,7 @@ class Agent:
             log.debug("component stopped with error component=%s error=%r", comp.name, str(exc))
 
     async def _stop_all(self) -> None:
-        """Envoy first (it holds the traffic), then the rest in reverse start order, the readiness reporter
-        last.
-        """
+        """Envoy first (it holds the traffic), then the rest in reverse order, the readiness reporter last."""
         await self._stop_component(self.envoy, self.envoy.stop_timeout + 5.0)
         rest = [c for c in reversed(self.components) if c is not self.envoy]
         rest.sort(key=lambda c: isinstance(c, ReadinessReporter))

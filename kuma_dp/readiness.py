@@ -1,18 +1,15 @@
 """The readiness reporter: `GET /ready` on KUMA_READINESS_PORT (9902), KUMA-DP.md §7.
 
 Answers, in order: 503 `TERMINATING` once shutdown began; 503 `NOT_READY` while the DNS gate is closed (the
-DNS
-proxy has no first record set yet, at most 15 s); then Envoy's own `/ready`. With admin on a unix socket Kuma
-proxies
-Envoy's answer (status and body), which we do too. With admin on TCP Kuma answers `READY` without asking
-Envoy; we
-ask Envoy there as well, because a 200 before Envoy is LIVE (first LDS/CDS not yet applied) would send traffic
-to a
-proxy that cannot route it: 200 `READY` when Envoy says 200, else 503 `envoy not ready`.
+DNS proxy has no first record set yet, at most 15 s); then Envoy's own `/ready`. With admin on a unix socket
+Kuma proxies Envoy's answer (status and body), which we do too. With admin on TCP Kuma answers `READY` without
+asking Envoy; we ask Envoy there as well, because a 200 before Envoy is LIVE (first LDS/CDS not yet applied)
+would send traffic to a proxy that cannot route it: 200 `READY` when Envoy says 200, else 503 `envoy not
+ready`.
 
 The socket is bound before Envoy starts (`bind_readiness_socket`), so a second kuma-dp on the host fails fast
-with a
-one-line error naming the port and the fix (kumahq/kuma#11769), and port 0 picks a free port that we log.
+with a one-line error naming the port and the fix (kumahq/kuma#11769), and port 0 picks a free port that we
+log.
 """
 
 from __future__ import annotations
@@ -30,8 +27,7 @@ from kuma_dp.envoy import AdminAddress, AdminClient, AdminError
 
 log = logging.getLogger("kuma-dp.readiness")
 
-#: Kuma skips the DNS gate when the DNS proxy has no records after this long, so a mesh without services can
-#: start.
+#: Kuma skips the DNS gate when the DNS proxy has no records after this long (a mesh without services).
 DNS_GATE_TIMEOUT = 15.0
 HEADERS = {"content-type": "text/plain", "x-powered-by": "kuma-dp"}
 

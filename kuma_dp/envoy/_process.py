@@ -1,10 +1,8 @@
 """Spawning and stopping Envoy so that it never outlives the agent (KUMA-DP.md §5.1, §5.3).
 
 Envoy gets its own process group (a terminal's Ctrl-C reaches only the agent, which drains first) and the
-Linux
-parent-death signal SIGKILL, so even `kill -9` of the agent takes Envoy with it. Stopping is SIGTERM to the
-group,
-SIGKILL after a grace period. Envoy is never restarted here (#1480): an exit ends the agent.
+Linux parent-death signal SIGKILL, so even `kill -9` of the agent takes Envoy with it. Stopping is SIGTERM to
+the group, SIGKILL after a grace period. Envoy is never restarted here (#1480): an exit ends the agent.
 """
 
 from __future__ import annotations
@@ -26,8 +24,7 @@ _PR_SET_PDEATHSIG = 1
 
 
 def _pdeathsig_preexec() -> Callable[[], None] | None:
-    """A preexec_fn for the child: arm PR_SET_PDEATHSIG, then exit if the parent already died (the race
-    window).
+    """A preexec_fn: arm PR_SET_PDEATHSIG, then exit if the parent already died (closing the race window).
 
     libc is loaded here, in the parent: the child runs only the prctl call between fork and exec.
     """
