@@ -37,6 +37,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from kuma_dp.component import Component
 from kuma_dp.metrics import _http
 from kuma_dp.metrics._agent import AgentMetrics
+from kuma_dp.metrics._merge import merge_envoy_clusters
 
 log = logging.getLogger("kuma-dp.metrics-hijacker")
 
@@ -208,6 +209,7 @@ class MetricsHijacker(Component):
         endpoint_timeout: float = DEFAULT_ENDPOINT_TIMEOUT,
         include_agent_metrics: bool = True,
         readiness_state: Callable[[], Awaitable[str]] | None = None,
+        merge_clusters: bool = True,
     ) -> None:
         super().__init__()
         self.socket_path = socket_path
@@ -224,6 +226,8 @@ class MetricsHijacker(Component):
         self.include_agent_metrics = include_agent_metrics
         #: Called per scrape to refresh `kuma_dp_readiness_state` (what /ready would answer right now).
         self.readiness_state = readiness_state
+        #: Kuma's MergeClustersForPrometheus on Envoy's page (cut `-<16 hex>` suffixes, sum, mark mesh).
+        self.merge_clusters = merge_clusters
         self._connections: set[asyncio.Task[None]] = set()
 
     # -- serving -----------------------------------------------------------------------------------
@@ -319,7 +323,9 @@ class MetricsHijacker(Component):
             coro = _http.get(target=target, unix_path=admin.socket_path, headers=headers)
         else:
             coro = _http.get(target=target, host=admin.host, port=admin.port, headers=headers)
-        return await self._fetch("envoy", coro, timeout)
+        return await self._fetch(
+            "envoy", coro, timeout, mutate=merge_envoy_clusters if self.merge_clusters else None
+        )
 
     async def _fetch_app(self, t: ScrapeTarget, headers: dict[str, str], timeout: float) -> _Part | None:
         source = None
@@ -332,7 +338,9 @@ class MetricsHijacker(Component):
         )
         return await self._fetch(t.name, coro, timeout)
 
-    async def _fetch(self, name: str, coro: Any, timeout: float) -> _Part | None:
+    async def _fetch(
+        self, name: str, coro: Any, timeout: float, mutate: Callable[[str], str] | None = None
+    ) -> _Part | None:
         start = time.monotonic()
         reason = ""
         try:
@@ -350,7 +358,10 @@ class MetricsHijacker(Component):
         else:
             if 200 <= resp.status < 300:
                 log.debug("scraped", extra={"endpoint": name, "seconds": round(time.monotonic() - start, 4)})
-                return _Part(name, resp.body, response_format(resp.headers.get("content-type")))
+                body = resp.body
+                if mutate is not None:
+                    body = mutate(body.decode("utf-8", "replace")).encode()
+                return _Part(name, body, response_format(resp.headers.get("content-type")))
             reason = "status"
             log.warning(
                 "metrics endpoint answered an error; skipped", extra={"endpoint": name, "status": resp.status}

@@ -179,6 +179,11 @@ def bootstrap(
                 },
             ],
             "clusters": [
+                # Two config variants of one destination, named as kuma-cp does: merged on the page.
+                *(
+                    {"name": f"backend-{h}", "type": "STATIC", "connect_timeout": "1s"}
+                    for h in ("0123456789abcdef", "fedcba9876543210")
+                ),
                 {
                     "name": "kuma:metrics:hijacker",
                     "alt_stat_name": "kuma_metrics_hijacker",
@@ -190,7 +195,7 @@ def bootstrap(
                             {"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": mh_sock}}}}]}
                         ],
                     },
-                }
+                },
             ],
         },
     }
@@ -364,6 +369,13 @@ async def _scenario(envoy: str, tmp: Path) -> None:
                 assert inbound and inbound[0].value >= 3
                 # The application's part, scraped from the passthrough source address.
                 assert families["app_orders"].samples[0].value == 7
+                # Kuma's cluster merging: one `backend` series, marked as mesh traffic, no hashed names.
+                members = [
+                    s.labels
+                    for s in families["envoy_cluster_membership_total"].samples
+                    if s.labels["envoy_cluster_name"].startswith("backend")
+                ]
+                assert members == [{"envoy_cluster_name": "backend", "kuma_io_mesh_traffic": "true"}]
                 assert app.peers and set(app.peers) == {"127.0.0.6"}
                 # The hanging app was skipped and counted; the agent's own series are on the page.
                 failures = families["kuma_dp_metrics_scrape_failures"].samples

@@ -139,3 +139,56 @@ def test_agent_metrics_names_and_phases() -> None:
     assert samples[("kuma_dp_readiness_state", (("kuma_dp_readiness_state", "READY"),))] == 1
     assert ("kuma_dp_startup_phase_duration_seconds", (("phase", "bootstrap"),)) in samples
     assert set(m.phases()) == {"bootstrap", "first_dns_table"}
+
+
+ENVOY_PAGE = """\
+# TYPE envoy_cluster_upstream_rq_total counter
+envoy_cluster_upstream_rq_total{envoy_cluster_name="ads_cluster"} 4
+envoy_cluster_upstream_rq_total{envoy_cluster_name="backend-0123456789abcdef"} 10
+envoy_cluster_upstream_rq_total{envoy_cluster_name="backend-fedcba9876543210"} 5
+envoy_cluster_upstream_rq_total{envoy_cluster_name="backend-not-a-hash"} 1
+envoy_cluster_upstream_rq_total{envoy_cluster_name="kuma_envoy_admin"} 2
+# TYPE envoy_cluster_upstream_cx_connect_ms histogram
+envoy_cluster_upstream_cx_connect_ms_bucket{envoy_cluster_name="db-aaaaaaaaaaaaaaaa",le="0.5"} 1
+envoy_cluster_upstream_cx_connect_ms_bucket{envoy_cluster_name="db-aaaaaaaaaaaaaaaa",le="+Inf"} 2
+envoy_cluster_upstream_cx_connect_ms_bucket{envoy_cluster_name="db-bbbbbbbbbbbbbbbb",le="0.5"} 3
+envoy_cluster_upstream_cx_connect_ms_bucket{envoy_cluster_name="db-bbbbbbbbbbbbbbbb",le="+Inf"} 3
+envoy_cluster_upstream_cx_connect_ms_sum{envoy_cluster_name="db-aaaaaaaaaaaaaaaa"} 0.25
+envoy_cluster_upstream_cx_connect_ms_sum{envoy_cluster_name="db-bbbbbbbbbbbbbbbb"} 1.5
+envoy_cluster_upstream_cx_connect_ms_count{envoy_cluster_name="db-aaaaaaaaaaaaaaaa"} 2
+envoy_cluster_upstream_cx_connect_ms_count{envoy_cluster_name="db-bbbbbbbbbbbbbbbb"} 3
+# TYPE envoy_http_downstream_rq_total counter
+envoy_http_downstream_rq_total{envoy_http_conn_manager_prefix="admin"} 7
+envoy_http_downstream_rq_total{envoy_http_conn_manager_prefix="inbound_10.0.0.1_8080"} 9
+# TYPE envoy_server_live gauge
+envoy_server_live{} 1
+envoy_server_uptime 12
+"""
+
+
+def test_merge_envoy_clusters_like_kuma() -> None:
+    from kuma_dp.metrics._merge import merge_envoy_clusters
+
+    merged = merge_envoy_clusters(ENVOY_PAGE)
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(merged)
+        for s in f.samples
+    }
+    mesh = ("kuma_io_mesh_traffic", "true")
+    rq = "envoy_cluster_upstream_rq_total"
+    assert samples[(rq, (("envoy_cluster_name", "backend"), mesh))] == 15
+    assert samples[(rq, (("envoy_cluster_name", "backend-not-a-hash"), mesh))] == 1
+    assert samples[(rq, (("envoy_cluster_name", "ads_cluster"),))] == 4  # bootstrap cluster: not mesh traffic
+    assert samples[(rq, (("envoy_cluster_name", "kuma_envoy_admin"),))] == 2
+    h = "envoy_cluster_upstream_cx_connect_ms"
+    assert samples[(h + "_bucket", (("envoy_cluster_name", "db"), mesh, ("le", "0.5")))] == 4
+    assert samples[(h + "_bucket", (("envoy_cluster_name", "db"), mesh, ("le", "+Inf")))] == 5
+    assert samples[(h + "_sum", (("envoy_cluster_name", "db"), mesh))] == 1.75
+    assert samples[(h + "_count", (("envoy_cluster_name", "db"), mesh))] == 5
+    http = "envoy_http_downstream_rq_total"
+    assert samples[(http, (("envoy_http_conn_manager_prefix", "admin"),))] == 7
+    assert samples[(http, (("envoy_http_conn_manager_prefix", "inbound_10.0.0.1_8080"), mesh))] == 9
+    assert samples[("envoy_server_live", ())] == 1 and samples[("envoy_server_uptime", ())] == 12
+    assert len([k for k in samples if k[0] == rq]) == 4  # the two hashed clusters became one series
+    assert merged.count("# TYPE") == ENVOY_PAGE.count("# TYPE")
