@@ -97,14 +97,14 @@ class DNSServer:
             and n >= qend + 11
             and data[qend + 6] == 0
         ):
-            if n != qend + 11 + ((data[qend + 9] << 8) | data[qend + 10]):
+            if n != qend + 11 + ((data[qend + 9] << 8) | data[qend + 10]) or ans.fast_edns is None:
                 return None
             resp = (
                 data[0:2]
                 + bytes((0x84 | (data[2] & 0x01), ans.flags3 | (data[3] & 0x10)))
                 + ans.counts_edns
                 + data[12:qend]
-                + ans.tail_edns
+                + ans.fast_edns
             )
         else:
             return None
@@ -143,7 +143,8 @@ class DNSServer:
         qend = w.question_end(data) if qd >= 1 else -1
         opcode = (data[2] >> 3) & 0x0F
         if opcode != 0:
-            return w.error_response(data, w.RCODE_NOTIMP, qend, False)
+            # Header only: NOTIFY/UPDATE sections mean other things; echoing them is asking for trouble.
+            return w.error_response(data, w.RCODE_NOTIMP, -1, False)
         if qd > 1 and not self._multi_q_logged:
             log.warning("dns: query with %d questions: answering FORMERR", qd)
             self._multi_q_logged = True

@@ -131,6 +131,7 @@ class Answer:
     tail: bytes | None  # answer+authority sections; None when too big for 512-byte UDP (slow path truncates)
     counts_edns: bytes
     tail_edns: bytes  # with our OPT appended
+    fast_edns: bytes | None  # tail_edns if the reply fits 512 bytes (any EDNS0 client takes it), else None
     rcode: int
     local_kind: int  # 0 = A, 1 = AAAA, 2 = other (metrics)
 
@@ -158,7 +159,9 @@ def build_answer(qname_wire: bytes, rcode: int, rrs: list[bytes], soa_ttl: int |
     counts_edns = struct.pack("!HHHH", 1, len(rrs), len(ns), 1)
     size = 12 + len(qname_wire) + 4 + len(body)
     tail = body if size <= w.CLASSIC_UDP_SIZE else None
-    return Answer(0x80 | rcode, counts, tail, counts_edns, body + w.opt_record(), rcode, kind)
+    tail_edns = body + w.opt_record()
+    fast_edns = tail_edns if size + len(w.opt_record()) <= w.CLASSIC_UDP_SIZE else None
+    return Answer(0x80 | rcode, counts, tail, counts_edns, tail_edns, fast_edns, rcode, kind)
 
 
 @dataclass(frozen=True)

@@ -300,3 +300,48 @@ def test_cli_rejects_bad_records_file_and_taken_port(tmp_path: Path) -> None:
             check=False,
         )
     assert busy.returncode == 1 and f"DNS port {port}" in busy.stderr and "in use" in busy.stderr
+
+
+def test_fuzz_over_real_udp_and_tcp(server: Proc) -> None:
+    """20,000 random/mutated datagrams and 300 hostile TCP streams; the server keeps answering."""
+    import random
+
+    rng = random.Random(7)
+    seeds = [
+        dns.message.make_query(n, t, use_edns=e).to_wire()
+        for n in ("backend.test-ns.svc.8080.mesh.", "nope.mesh.", "www.example.test.")
+        for t in ("A", "AAAA", "TXT")
+        for e in (-1, 0)
+    ]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setblocking(False)
+        for i in range(20000):
+            if i % 3 == 0:
+                pkt = rng.randbytes(rng.randrange(0, 200))
+            else:
+                buf = bytearray(rng.choice(seeds))
+                for _ in range(rng.randint(1, 3)):
+                    buf[rng.randrange(len(buf))] = rng.randrange(256)
+                pkt = bytes(buf[: rng.randrange(len(buf) + 1)] if i % 5 == 0 else buf)
+            try:
+                s.sendto(pkt, ("127.0.0.1", server.port))
+            except BlockingIOError:
+                time.sleep(0.001)
+            if i % 200 == 0:
+                time.sleep(0.002)  # let the kernel queue drain a little; we are testing robustness, not load
+    for i in range(300):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as c:
+            kind = i % 3
+            if kind == 0:
+                c.sendall(rng.randbytes(rng.randrange(1, 100)))
+            elif kind == 1:
+                c.sendall(b"\xff\xff" + rng.randbytes(50))  # promises 65535 bytes, sends 50, hangs up
+            else:
+                body = bytearray(rng.choice(seeds))
+                body[rng.randrange(len(body))] = rng.randrange(256)
+                c.sendall(len(body).to_bytes(2, "big") + bytes(body))
+    assert server.proc.poll() is None
+    r = query(server.port, "backend.test-ns.svc.8080.mesh", "A")
+    assert r.answer[0][0].to_text() == "240.0.0.0"
+    r = query(server.port, "www.example.test", "A", tcp=True)
+    assert r.answer[0][0].to_text() == "10.9.9.9"
