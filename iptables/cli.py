@@ -12,14 +12,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 
 from iptables import backend, builder, state
-from iptables.config import ConfigError, TransparentProxyConfig, load_config, resolve_kuma_dp_uid
+from iptables import install as install_mod
+from iptables.config import ConfigError, TransparentProxyConfig, load_config
 
 # (flag, kind, help); kind: "flag" (bool, given = True), "bool" (--x/--no-x), "multi", or a click type
 _OPTIONS: list[tuple[str, Any, str]] = [
@@ -138,75 +138,15 @@ def _load(ctx: click.Context, params: dict[str, Any]) -> TransparentProxyConfig:
         raise AssertionError from None
 
 
-@dataclass
-class Prepared:
-    cfg: TransparentProxyConfig
-    uid: int
-    facts: builder.HostFacts
-    detected: backend.Detected | None
-    rulesets: list[builder.Ruleset]
-
-
-def _prepare(cfg: TransparentProxyConfig, *, dry_run: bool) -> Prepared:
-    from iptables import netlink
-
+def _prepare(cfg: TransparentProxyConfig, *, dry_run: bool) -> install_mod.Prepared:
     try:
-        uid = resolve_kuma_dp_uid(cfg.kuma_dp_user, cni_mode=cfg.cni_mode)
-    except ConfigError as exc:
+        prep = install_mod.prepare(cfg, dry_run=dry_run)
+    except (ConfigError, backend.BackendError) as exc:
         _fail(str(exc))
         raise AssertionError from None
-    if cfg.store_firewalld:
-        _warn(
-            "--store-firewalld is not supported by this implementation; rules will not persist across reboots"
-        )
-    if not dry_run and os.geteuid() != 0:
-        _fail("installing the transparent proxy needs root (CAP_NET_ADMIN): run as root, or use --dry-run")
-    try:
-        links = netlink.link_facts()
-    except Exception:  # dry-run on a host without netlink access
-        links = netlink.LinkFacts("lo", 1, False)
-    detected: backend.Detected | None = None
-    try:
-        detected = backend.detect(cfg, want_v6=cfg.ipv6_wanted and links.has_ipv6)
-    except backend.BackendError as exc:
-        if not dry_run:
-            _fail(str(exc))
-        _warn(
-            "[dry-run]: no valid iptables executables found; the generated iptables rules may differ from "
-            "those generated in an environment with valid iptables executables"
-        )
-    ipv6 = False
-    if cfg.ipv6_wanted and links.has_ipv6 and (detected is None or detected.v6 is not None):
-        ipv6 = True if dry_run else netlink.ensure_ipv6_passthrough(links.loopback_index)
-    nameservers: tuple[str, ...] = ()
-    if cfg.dns.enabled and not cfg.dns.capture_all:
-        try:
-            nameservers = builder.parse_resolv_conf(Path(cfg.dns.resolv_config_path).read_text())
-        except OSError as exc:
-            _fail(
-                f"cannot read {cfg.dns.resolv_config_path} for --redirect-dns: {exc.strerror}; "
-                "use --redirect-all-dns-traffic or set redirect.dns.resolvConfigPath"
-            )
-    docker: set[int] = set()
-    if detected:
-        for fam, saved in ((4, detected.saved4), (6, detected.saved6)):
-            if saved and "nat" in saved and "DOCKER_OUTPUT" in saved["nat"].chain_names():
-                docker.add(fam)
-        for w in detected.warnings:
-            _warn(w)
-    modules = detected.modules if detected else frozenset()
-    facts = builder.HostFacts(
-        loopback=links.loopback,
-        nameservers=nameservers,
-        docker_output=frozenset(docker),
-        ipv6=ipv6,
-        comments="comment" in modules and not cfg.comments_disabled,
-        conntrack={"conntrack", "udp", "owner"} <= modules,
-    )
-    warning = builder.conntrack_warning(cfg, facts)
-    if warning:
-        _warn(warning)
-    return Prepared(cfg, uid, facts, detected, builder.build_all(cfg, facts, uid))
+    for w in prep.warnings:
+        _warn(w)
+    return prep
 
 
 @click.group("transparent-proxy", context_settings={"help_option_names": ["-h", "--help"]})
@@ -231,27 +171,16 @@ def _install(ctx: click.Context, params: dict[str, Any]) -> None:
             builder.render_dry_run(prep.rulesets, comments=prep.facts.comments, verbose=cfg.verbose), nl=False
         )
         return
-    det = prep.detected
-    assert det is not None
-    steps = []
-    for rs in prep.rulesets:
-        exe, saved = (det.v4, det.saved4) if rs.family == 4 else (det.v6, det.saved6)
-        assert exe is not None and saved is not None
-        steps.append((exe, saved, state.install_transaction(saved, rs, comments=prep.facts.comments)))
     try:
-        attempts = backend.apply_transactions(steps, cfg)
+        res = install_mod.install(cfg, prep)
     except backend.BackendError as exc:
         _fail(f"{exc} (rules left as they were before this install)")
         return
-    flushed = 0
-    if cfg.dns.enabled:
-        from iptables import netlink
-
-        flushed = netlink.flush_dns_conntrack()
-    families = ",".join(f"ipv{rs.family}" for rs in prep.rulesets)
+    families = ",".join(f"ipv{f}" for f in res.families)
     click.echo(
-        f"transparent proxy installed: backend={det.v4.mode} families={families} uid={prep.uid} "
-        f"attempts={attempts} dns_conntrack_flushed={flushed} took_ms={(time.monotonic() - started) * 1000:.0f}"  # noqa: E501
+        f"transparent proxy installed: backend={res.backend} families={families} uid={res.uid} "
+        f"attempts={res.attempts} dns_conntrack_flushed={res.dns_conntrack_flushed} "
+        f"took_ms={(time.monotonic() - started) * 1000:.0f}"
     )
 
 
@@ -290,31 +219,13 @@ def uninstall(**params: Any) -> None:
     except ConfigError as exc:
         _fail(str(exc))
         return
-    if os.geteuid() != 0 and not params.get("dry_run"):
-        _fail("uninstalling the transparent proxy needs root (CAP_NET_ADMIN): run as root")
     try:
-        det = backend.detect(cfg, want_v6=True)
-    except backend.BackendError as exc:
-        _fail(str(exc))
-        return
-    steps = []
-    for exe, saved in ((det.v4, det.saved4), (det.v6, det.saved6)):
-        if exe is None or saved is None:
-            continue
-        foreign = state.foreign_chains(saved)
-        if foreign:
-            _fail(
-                f"refusing to uninstall: chain(s) {', '.join(foreign)} exist without Kuma's comments "
-                f"(installed with --disable-comments or by someone else); remove them with {exe.iptables} by hand"  # noqa: E501
-            )
-        text = state.uninstall_transaction(saved)
+        steps = install_mod.uninstall_plan(cfg)
         if params.get("dry_run"):
-            click.echo(f"### IPv{exe.family} ###\n\n{text}")
-        steps.append((exe, saved, text))
-    if params.get("dry_run"):
-        return
-    try:
-        backend.apply_transactions(steps, cfg, sleep=0.2)
+            for exe, _, text in steps:
+                click.echo(f"### IPv{exe.family} ###\n\n{text}")
+            return
+        install_mod.uninstall(cfg)
     except backend.BackendError as exc:
         _fail(f"{exc} (rules left as they were)")
     click.echo("transparent proxy uninstalled")
