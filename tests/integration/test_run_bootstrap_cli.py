@@ -1,0 +1,386 @@
+"""`kuma-dp run` as an operator runs it, against a stand-in `/bootstrap` (tests/helpers/fake_cp.py).
+
+Covers the registration/bootstrap half of issue 2 through the CLI: TLS with a generated CA (accepted), a wrong
+CA and an untrusted certificate (refused, clear message), the CP down at start then up (retries, success),
+422 (fatal, server message shown), the retry budget exhausted (exit 1 with Kuma's message), the API-port 404
+hint, and the one-line errors of bad input. Success paths run the real Envoy and wait for `/ready` 200.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+import trustme
+import yaml
+
+from tests.conftest import REPO, free_port
+from tests.helpers.fake_cp import FakeCP, Reply, make_token, minimal_bootstrap_yaml
+
+pytestmark = pytest.mark.integration
+
+TEMPLATE = """\
+type: Dataplane
+mesh: default
+name: {{ name }}
+networking:
+  address: {{ address }}
+  inbound:
+  - port: {{ port }}
+    tags:
+      kuma.io/service: web
+"""
+
+
+@dataclass
+class KumaDP:
+    """One `kuma-dp run` subprocess; output goes to a file so a failing test can show it."""
+
+    args: list[str]
+    tmp: Path
+    env: dict[str, str] = field(default_factory=dict)
+    readiness_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, stdin: bytes | None = None) -> KumaDP:
+        env = {
+            **os.environ,
+            "KUMA_READINESS_PORT": str(self.readiness_port),
+            "KUMA_DNS_ENABLED": "false",
+            "KUMA_CONTROL_PLANE_RETRY_BACKOFF": "100ms",
+            **self.env,
+        }
+        self._out = (self.tmp / "kuma-dp.log").open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kuma_dp", "run", *self.args],
+            env=env,
+            cwd=REPO,
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+        )
+        if stdin is not None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(stdin)
+            self.proc.stdin.close()
+        return self
+
+    def output(self) -> str:
+        self._out.flush()
+        return (self.tmp / "kuma-dp.log").read_text(errors="replace")
+
+    def wait(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.output()
+            try:
+                r = httpx.get(f"http://127.0.0.1:{self.readiness_port}/ready", timeout=2)
+                if r.status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError("never ready:\n" + self.output())
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.2)
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)  # second signal ends the drain wait
+        return self.proc.wait(30)
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._out.close()
+
+
+@pytest.fixture
+def runner(tmp_path: Path) -> Iterator[list[KumaDP]]:
+    started: list[KumaDP] = []
+    yield started
+    for k in started:
+        k.close()
+
+
+def _start(runner: list[KumaDP], tmp: Path, args: list[str], env: dict[str, str] | None = None) -> KumaDP:
+    k = KumaDP(args=args, tmp=tmp, env=env or {})
+    runner.append(k)
+    return k
+
+
+def _template_args(envoy_binary: str) -> list[str]:
+    return [
+        "--dataplane", TEMPLATE,
+        "--dataplane-var", "name=dp-1,address=127.0.0.1", "-v", "port=8080",
+        "--binary-path", envoy_binary, "--drain-time", "1s", "--concurrency", "1",
+    ]  # fmt: skip
+
+
+# -- success paths ----------------------------------------------------------------------------------------
+
+
+def test_tls_with_generated_ca_registers_and_envoy_gets_ready(
+    runner: list[KumaDP], tmp_path: Path, envoy_binary: str
+) -> None:
+    ca = trustme.CA()
+    admin = free_port()
+    token = make_token({"Name": "dp-1", "Mesh": "default"})
+    work = tmp_path / "wd"
+    bootstrap = minimal_bootstrap_yaml(admin)
+    with FakeCP([Reply.bootstrap(bootstrap)], tls_ca=ca) as cp:
+        pem = cp.write_ca_pem(tmp_path / "ca.pem")
+        k = _start(
+            runner,
+            tmp_path,
+            [
+                "--cp-address",
+                cp.url,
+                "--ca-cert-file",
+                str(pem),
+                "--dataplane-token",
+                token,
+                "--work-dir",
+                str(work),
+                *_template_args(envoy_binary),
+            ],
+        ).start()
+        k.wait_ready()
+        req = cp.requests[0]
+        # on disk while running: bootstrap exactly as served, token stored under the name, both 0600
+        written = work / "bootstrap.yaml"
+        assert yaml.safe_load(written.read_text()) == yaml.safe_load(bootstrap)
+        assert stat.S_IMODE(written.stat().st_mode) == 0o600
+        assert (work / "dp-1").read_text() == token
+        assert stat.S_IMODE((work / "dp-1").stat().st_mode) == 0o600
+        assert k.stop() == 0
+    assert (req.method, req.path, req.headers["accept"]) == ("POST", "/bootstrap", "application/json")
+    body = req.json
+    assert (body["mesh"], body["name"], body["proxyType"]) == ("default", "dp-1", "dataplane")
+    assert body["dataplaneToken"] == token and body["dataplaneTokenPath"] == str(work / "dp-1")
+    assert '"address":"127.0.0.1"' in body["dataplaneResource"] and '"port":8080' in body["dataplaneResource"]
+    assert body["caCert"] == pem.read_text()
+    assert body["workdir"] == str(work)
+    assert body["readinessPort"] == k.readiness_port
+    assert body["version"]["envoy"]["build"].count("/") == 4
+    assert body["features"][0] == "feature-tcp-accesslog-via-named-pipe"
+    assert token not in k.output()
+
+
+def test_cp_down_at_start_then_up(runner: list[KumaDP], tmp_path: Path, envoy_binary: str) -> None:
+    port = free_port()
+    admin = free_port()
+    k = _start(
+        runner,
+        tmp_path,
+        ["--cp-address", f"http://127.0.0.1:{port}", *_template_args(envoy_binary)],
+        env={"KUMA_CONTROL_PLANE_RETRY_MAX_DURATION": "60s"},
+    ).start()
+    deadline = time.monotonic() + 30
+    while "request to bootstrap server failed" not in k.output():
+        assert time.monotonic() < deadline and k.proc is not None and k.proc.poll() is None, k.output()
+        time.sleep(0.05)
+    with FakeCP([Reply.bootstrap(minimal_bootstrap_yaml(admin))], port=port) as cp:
+        k.wait_ready()
+        assert len(cp.requests) == 1
+        assert k.stop() == 0
+    assert "could not fetch bootstrap configuration" in k.output()
+
+
+def test_skip_verify_accepts_an_untrusted_cp_loudly_and_legacy_yaml_works(
+    runner: list[KumaDP], tmp_path: Path, envoy_binary: str
+) -> None:
+    admin = free_port()
+    with FakeCP([Reply.legacy_yaml(minimal_bootstrap_yaml(admin))], tls_ca=trustme.CA()) as cp:
+        k = _start(
+            runner, tmp_path, ["--cp-address", cp.url, "--skip-verify", *_template_args(envoy_binary)]
+        ).start()
+        k.wait_ready()
+        assert k.stop() == 0
+    assert "TLS verification of the control plane is DISABLED" in k.output()
+
+
+def test_template_from_stdin_and_temp_work_dir_removed(
+    runner: list[KumaDP], tmp_path: Path, envoy_binary: str
+) -> None:
+    admin = free_port()
+    with FakeCP([Reply.bootstrap(minimal_bootstrap_yaml(admin))]) as cp:
+        args = ["--cp-address", cp.url, "-d", "-", "-v", "name=dp-2,address=127.0.0.1,port=9090"]
+        args += ["--binary-path", envoy_binary, "--drain-time", "1s", "--concurrency", "1"]
+        k = _start(runner, tmp_path, args).start(stdin=TEMPLATE.encode())
+        k.wait_ready()
+        body = cp.requests[0].json
+        work = Path(body["workdir"])
+        assert work.name.startswith("kuma-dp-") and stat.S_IMODE(work.stat().st_mode) == 0o711
+        assert k.stop() == 0
+    assert body["name"] == "dp-2"
+    assert not work.exists()
+
+
+# -- refusals and failures ----------------------------------------------------------------------------------
+
+
+def _fail(
+    runner: list[KumaDP], tmp: Path, args: list[str], env: dict[str, str] | None = None
+) -> tuple[int, str]:
+    k = _start(runner, tmp, args, env).start()
+    code = k.wait(60)
+    return code, k.output()
+
+
+def _error_line(output: str) -> str:
+    lines = [ln for ln in output.splitlines() if ln.startswith("Error: ")]
+    assert len(lines) == 1, output
+    return lines[0]
+
+
+def test_wrong_ca_is_refused_with_a_clear_error(
+    runner: list[KumaDP], tmp_path: Path, envoy_binary: str
+) -> None:
+    wrong = trustme.CA()
+    pem = tmp_path / "wrong-ca.pem"
+    wrong.cert_pem.write_to_path(str(pem))
+    with FakeCP(tls_ca=trustme.CA()) as cp:
+        code, out = _fail(
+            runner,
+            tmp_path,
+            ["--cp-address", cp.url, "--ca-cert-file", str(pem), *_template_args(envoy_binary)],
+            env={"KUMA_CONTROL_PLANE_RETRY_MAX_DURATION": "300ms"},
+        )
+        assert cp.requests == []  # the handshake failed: nothing (no token) reached the server
+    assert code == 1
+    line = _error_line(out)
+    assert line.startswith(
+        "Error: Failed to fetch Envoy bootstrap config. request to bootstrap server failed"
+    )
+    assert "certificate verify failed" in line and "--ca-cert-file" in line
+
+
+def test_without_a_ca_the_system_roots_verify(
+    runner: list[KumaDP], tmp_path: Path, envoy_binary: str
+) -> None:
+    with FakeCP(tls_ca=trustme.CA()) as cp:
+        code, out = _fail(
+            runner,
+            tmp_path,
+            ["--cp-address", cp.url, *_template_args(envoy_binary)],
+            env={"KUMA_CONTROL_PLANE_RETRY_MAX_DURATION": "300ms"},
+        )
+        assert cp.requests == []
+    assert code == 1
+    assert "not trusted by the system CAs" in _error_line(out)
+
+
+def test_422_is_fatal_and_shows_the_server_message(
+    runner: list[KumaDP], tmp_path: Path, envoy_binary: str
+) -> None:
+    msg = "outbound: should be empty since dataplane is in Transparent Proxying mode"
+    with FakeCP([Reply.status_only(422, msg)]) as cp:
+        code, out = _fail(
+            runner,
+            tmp_path,
+            ["--cp-address", cp.url, *_template_args(envoy_binary)],
+            env={"KUMA_CONTROL_PLANE_RETRY_MAX_DURATION": "5m"},
+        )
+        assert len(cp.requests) == 1
+    assert code == 1
+    assert _error_line(out) == f"Error: Failed to fetch Envoy bootstrap config. Invalid request: {msg}"
+
+
+def test_budget_exhausted_exits_1_with_kumas_message(
+    runner: list[KumaDP], tmp_path: Path, envoy_binary: str
+) -> None:
+    with FakeCP([Reply.status_only(404)]) as cp:
+        code, out = _fail(
+            runner,
+            tmp_path,
+            ["--cp-address", cp.url, "--name", "dp-1", "--mesh", "default", "--binary-path", envoy_binary],
+            env={"KUMA_CONTROL_PLANE_RETRY_MAX_DURATION": "500ms"},
+        )
+        assert len(cp.requests) >= 3
+    assert code == 1
+    assert _error_line(out) == (
+        "Error: Failed to fetch Envoy bootstrap config. Dataplane entity not found. If you are running on "
+        "Universal please create a Dataplane entity on kuma-cp before starting kuma-dp or pass it to kuma-dp "
+        "run --dataplane-file=/file. If you are running on Kubernetes, please check the kuma-cp logs to "
+        "determine why the Dataplane entity could not be created by the automatic sidecar injection."
+    )
+    assert "Dataplane entity is not yet found in the Control Plane" in out
+
+
+def test_api_port_404_hint(runner: list[KumaDP], tmp_path: Path, envoy_binary: str) -> None:
+    with FakeCP([Reply.status_only(404, "404: Page Not Found")]) as cp:
+        code, out = _fail(
+            runner,
+            tmp_path,
+            ["--cp-address", cp.url, *_template_args(envoy_binary)],
+            env={"KUMA_CONTROL_PLANE_RETRY_MAX_DURATION": "200ms"},
+        )
+    assert code == 1
+    line = _error_line(out)
+    assert "There is no /bootstrap endpoint for provided CP address" in line
+    assert "DP Server port (5678 by default), not HTTP API (5681 by default)" in line
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (
+            ["--proxy-type", "not-a-proxy", "--drain-time", "0s"],
+            {},
+            "Error: Invalid configuration: .Dataplane is not valid: .ProxyType is not valid: not-a-proxy "
+            "is not a valid proxy type; .Mesh must be non-empty; .Name must be non-empty; "
+            ".DrainTime must be positive",
+        ),
+        (
+            ["--name", "dp-1", "--mesh", "default", "--dataplane", TEMPLATE, "-v", "name=a,address=b,port=1"],
+            {},
+            "Error: --name and --mesh cannot be specified when a dataplane definition is provided, mesh and "
+            "name will be read from the dataplane definition",
+        ),
+        (["--dataplane", TEMPLATE, "-v", "address=1.1.1.1,port=1"], {}, "Error: name: cannot be empty"),
+        (
+            ["--name", "dp-1", "--mesh", "default", "--ca-cert-file", "/nonexistent/ca.pem"],
+            {},
+            "Error: could not read certificate file /nonexistent/ca.pem: No such file or directory",
+        ),
+        (
+            ["--name", "dp-1", "--mesh", "default", "--dataplane-token", "not-a-jwt-at-all"],
+            {},
+            "Error: dataplane token is invalid, in Kubernetes you must mount a serviceAccount token, in "
+            "universal you must start your proxy with a generated token.: not valid JWT token. "
+            "Can't parse it.: token contains an invalid number of segments",
+        ),
+        (
+            ["--name", "from-flag", "--mesh", "default"],
+            {"KUMA_DATAPLANE_NAME": "a$b", "KUMA_CONTROL_PLANE_RETRY_BACKOFF": "0s"},
+            "Error: Invalid configuration: .ControlPlane is not valid: .Retry is not valid: "
+            ".Backoff must be a positive duration; "
+            '.Dataplane is not valid: .Name "a$b" contains invalid characters',
+        ),
+    ],
+)
+def test_bad_input_is_one_line_exit_1(
+    runner: list[KumaDP], tmp_path: Path, args: list[str], env: dict[str, str], expected: str
+) -> None:
+    code, out = _fail(runner, tmp_path, ["--cp-address", "http://127.0.0.1:1", *args], env=env)
+    assert code == 1
+    assert _error_line(out) == expected
+    assert "Traceback" not in out
