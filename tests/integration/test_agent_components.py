@@ -17,6 +17,7 @@ import pytest
 from kuma_dp.agent import AgentContext, run_agent
 from kuma_dp.component import Component
 from kuma_dp.config import RunConfig
+from kuma_dp.envoy import AdminAddress, http_request
 from tests.conftest import REPO, free_port
 
 pytestmark = pytest.mark.integration
@@ -162,3 +163,67 @@ def test_disabled_component_factory_returning_none_is_skipped(short_tmp: Path, e
     code = asyncio.run(run_agent(cfg, bootstrap, extra_components=[lambda ctx: None, flaky, finisher]))
     assert code == 0
     assert rec.events == ["flaky run 1", "finisher done"]
+
+
+class DnsStandIn(Component):
+    """Opens the DNS gate when told to, like the DNS proxy on its first table; records what /ready said."""
+
+    name = "dns-stand-in"
+
+    def __init__(self, ctx: AgentContext, rec: Recorder) -> None:
+        super().__init__()
+        self.has_records = ctx.enable_dns_gate()
+        self.rec, self.port = rec, ctx.cfg.dataplane.readiness_port
+
+    async def ready_answer(self) -> str:
+        resp = await http_request(AdminAddress("127.0.0.1", self.port), "GET", "/ready", timeout=2)
+        return f"{resp.status} {resp.text}"
+
+    async def run(self) -> None:
+        self.ready.set()
+        await asyncio.Future()
+
+
+class Prober(Component):
+    """Polls /ready until Envoy is LIVE behind it, then opens the gate and checks /ready turns 200."""
+
+    name = "prober"
+
+    def __init__(self, dns: DnsStandIn, rec: Recorder) -> None:
+        super().__init__()
+        self.dns, self.rec = dns, rec
+
+    async def run(self) -> None:
+        self.ready.set()
+        answer = await self.dns.ready_answer()
+        self.rec.events.append(answer)
+        await asyncio.sleep(0.5)  # Envoy is LIVE by now or soon; the gate still says NOT_READY
+        self.rec.events.append(await self.dns.ready_answer())
+        self.dns.has_records.set()
+        for _ in range(200):
+            answer = await self.dns.ready_answer()
+            if answer.startswith("200"):
+                break
+            await asyncio.sleep(0.05)
+        self.rec.events.append(answer)
+
+
+def test_dns_gate_holds_ready_until_the_dns_component_has_records(short_tmp: Path, envoy_binary: str) -> None:
+    cfg, bootstrap = make_cfg(short_tmp, envoy_binary)
+    rec = Recorder()
+    made: list[DnsStandIn] = []
+
+    def dns(ctx: AgentContext) -> Component:
+        made.append(DnsStandIn(ctx, rec))
+        return made[0]
+
+    def prober(ctx: AgentContext) -> Component:
+        return Prober(made[0], rec)
+
+    # The prober runs before the reporter's task starts serving; its socket is bound (and queues the
+    # connection) before any component starts, so the first probe simply waits for the answer.
+    code = asyncio.run(run_agent(cfg, bootstrap, before_envoy=[dns], extra_components=[prober]))
+    assert code == 0
+    assert rec.events[0] == "503 NOT_READY"
+    assert rec.events[1] == "503 NOT_READY"
+    assert rec.events[2] == "200 READY"
