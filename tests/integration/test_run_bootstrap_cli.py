@@ -384,3 +384,35 @@ def test_bad_input_is_one_line_exit_1(
     assert code == 1
     assert _error_line(out) == expected
     assert "Traceback" not in out
+
+
+def test_local_bootstrap_source_needs_no_cp_and_envoy_accepts_it(
+    runner: list[KumaDP], tmp_path: Path, envoy_binary: str
+) -> None:
+    """`--bootstrap-source local` renders the bootstrap in-process; Envoy loads it."""
+    admin = free_port()
+    work = tmp_path / "wd"
+    template = TEMPLATE + f"  admin:\n    port: {admin}\n"
+    k = _start(
+        runner,
+        tmp_path,
+        [
+            "--bootstrap-source", "local", "--cp-address", f"http://127.0.0.1:{free_port()}",
+            "--dataplane", template, "-v", "name=dp-local,address=127.0.0.1,port=8080",
+            "--binary-path", envoy_binary, "--work-dir", str(work),
+            "--drain-time", "1s", "--concurrency", "1",
+        ],
+    ).start()  # fmt: skip
+    deadline = time.monotonic() + 60
+    info = None
+    while time.monotonic() < deadline and info is None:
+        assert k.proc is not None and k.proc.poll() is None, k.output()
+        try:
+            info = httpx.get(f"http://127.0.0.1:{admin}/server_info", timeout=2).json()
+        except (httpx.TransportError, ValueError):
+            time.sleep(0.05)
+    assert info is not None, k.output()
+    assert info["node"]["id"] == "default.dp-local"
+    rendered = yaml.safe_load((work / "bootstrap.yaml").read_text())
+    assert rendered["node"]["id"] == "default.dp-local"
+    assert k.stop() == 0
