@@ -285,6 +285,12 @@ class Agent:
         loop.add_signal_handler(signal.SIGINT, self._on_term, "SIGINT")
         loop.add_signal_handler(signal.SIGUSR2, self._on_usr2)
         starter = asyncio.create_task(self._start_all(), name="agent:start")
+
+        def _start_failed(task: asyncio.Task[None]) -> None:
+            if not task.cancelled() and task.exception() is not None:
+                self._finish(1, f"start-up failed: {task.exception()}")
+
+        starter.add_done_callback(_start_failed)
         waiters = {asyncio.create_task(self._stopped.wait()), asyncio.create_task(self._term.wait())}
         try:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -294,8 +300,6 @@ class Agent:
                 starter.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await starter
-            elif starter.exception() is not None:
-                self._finish(1, f"start-up failed: {starter.exception()}")
             if self._term.is_set() and not self._stopped.is_set():
                 await self._drain()
         finally:
