@@ -35,6 +35,7 @@ PERSIST_NAME = "kuma-dns-table.json"
 PERSIST_VERSION = 1
 DEFAULT_TTL = 30
 MESH_SUFFIX = b"\x04mesh\x00"
+QTYPE_CNAME = 5
 
 _A = struct.pack("!HH", w.QTYPE_A, w.CLASS_IN)
 _AAAA = struct.pack("!HH", w.QTYPE_AAAA, w.CLASS_IN)
@@ -198,21 +199,37 @@ def build_table(
     answers: dict[bytes, Answer] = {}
     wire_names: set[bytes] = set()
     ttl = payload.ttl
-    suffixes = [""] + [f".{d.strip('.').lower()}" for d in search_domains if d.strip(".")]
-    for rec in payload.records:
-        a_rr = [_rr(w.QTYPE_A, ttl, ipaddress.IPv4Address(ip).packed) for ip in rec.a]
-        aaaa_rr = [_rr(w.QTYPE_AAAA, ttl, ipaddress.IPv6Address(ip).packed) for ip in rec.aaaa]
-        for suffix in suffixes:
+    suffixes = [f".{d.strip('.').lower()}" for d in search_domains if d.strip(".")]
+    rrs = {
+        rec.name: (
+            [_rr(w.QTYPE_A, ttl, ipaddress.IPv4Address(ip).packed) for ip in rec.a],
+            [_rr(w.QTYPE_AAAA, ttl, ipaddress.IPv6Address(ip).packed) for ip in rec.aaaa],
+        )
+        for rec in payload.records
+    }
+    for name, (a_rr, aaaa_rr) in rrs.items():
+        qn = w.name_to_wire(name)
+        wire_names.add(qn)
+        answers[qn + _A] = build_answer(qn, w.RCODE_NOERROR, a_rr, ttl, 0)
+        answers[qn + _AAAA] = build_answer(qn, w.RCODE_NOERROR, aaaa_rr, ttl, 1)
+    # Search-domain forms (`backend.mesh.<domain>`): a CNAME to the mesh name, then its records, in one
+    # reply, so glibc stops at the first search domain and reports the mesh name as the canonical name.
+    for suffix in suffixes:
+        for name, (a_rr, aaaa_rr) in rrs.items():
             try:
-                qn = w.name_to_wire(rec.name + suffix)
+                qn = w.name_to_wire(name + suffix)
             except (ValueError, UnicodeError):
                 continue  # too long with this search domain
-            if suffix and qn in wire_names:
-                continue  # a real record wins over a search-domain form
-            qn = qn.lower()
+            if qn in wire_names:
+                continue  # a real record (or an earlier search domain) wins
             wire_names.add(qn)
-            answers[qn + _A] = build_answer(qn, w.RCODE_NOERROR, a_rr, ttl, 0)
-            answers[qn + _AAAA] = build_answer(qn, w.RCODE_NOERROR, aaaa_rr, ttl, 1)
+            target = w.name_to_wire(name)
+            cname = _rr(QTYPE_CNAME, ttl, target)
+            ptr = struct.pack("!H", 0xC000 | (12 + len(qn) + 4 + 12))  # -> the CNAME target
+            for rtype, recs, kind in ((_A, a_rr, 0), (_AAAA, aaaa_rr, 1)):
+                answers[qn + rtype] = build_answer(
+                    qn, w.RCODE_NOERROR, [cname, *(ptr + rr[2:] for rr in recs)], ttl, kind
+                )
     canon = json.dumps(
         {
             "records": [[r.name, r.a, r.aaaa] for r in payload.records],
