@@ -452,7 +452,11 @@ _Dumper.add_representer(str, _str_representer)
 
 
 def dump_yaml(bootstrap: Mapping[str, Any]) -> str:
-    """YAML text of a rendered bootstrap, keys sorted like kuma-cp's output; Envoy reads it as is."""
+    """YAML text of a rendered bootstrap, keys sorted like kuma-cp's output; Envoy reads it as is.
+
+    Non-ASCII is escaped: with raw Unicode PyYAML writes NEL/LS/PS as is, and YAML readers fold them into
+    line breaks (a name with U+0085 would come back changed).
+    """
     return yaml.dump(
-        bootstrap, Dumper=_Dumper, sort_keys=True, default_flow_style=False, allow_unicode=True, width=100000
+        bootstrap, Dumper=_Dumper, sort_keys=True, default_flow_style=False, allow_unicode=False, width=100000
     )

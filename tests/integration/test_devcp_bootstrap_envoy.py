@@ -229,6 +229,12 @@ def test_envoy_goes_live_on_a_devcp_bootstrap(
         node_md = json_format.MessageToDict(first.node.metadata)
         assert node_md["dataplane.resource"] == dp_resource
         assert node_md["features"] == ["feature-tcp-accesslog-via-named-pipe"]
+        # Types survive Envoy's YAML parser: quoted numbers stay strings, booleans stay booleans.
+        assert node_md["ipv6Enabled"] is False
+        if tls:
+            assert node_md["dataplane.admin.socketPath"] == str(short_tmp / "kuma-envoy-admin.sock")
+        else:
+            assert node_md["dataplane.admin.port"] == str(admin_port)
 
         if tls:
             admin = httpx.Client(transport=httpx.HTTPTransport(uds=str(short_tmp / "kuma-envoy-admin.sock")))

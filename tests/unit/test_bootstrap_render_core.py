@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kuma_dp.bootstrap.render import (
     RenderError,
@@ -211,3 +213,25 @@ def test_proto_duration() -> None:
 def test_missing_template_parameter_is_a_template_bug() -> None:
     with pytest.raises(RuntimeError, match=r"needs \$\{admin_port\}"):
         template_fragment("admin_tcp", admin_address="127.0.0.1")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    token=st.text(min_size=1),
+    workdir=st.text(),
+    mesh=st.text(),
+    name=st.text(),
+    metadata=st.dictionaries(st.text(), st.text(), max_size=3),
+)
+def test_any_strings_round_trip_through_the_yaml(
+    token: str, workdir: str, mesh: str, name: str, metadata: dict[str, str]
+) -> None:
+    req = {
+        "mesh": mesh,
+        "name": name,
+        "workdir": workdir,
+        "dataplaneToken": token,
+        "dynamicMetadata": metadata,
+    }
+    out = render_bootstrap(req, RenderParams(xds_tls=False))
+    assert yaml.safe_load(dump_yaml(out)) == out
