@@ -8,6 +8,10 @@ threaded HTTP/1.1 server (plain or TLS, the handshake done in the connection's o
 kuma-cp's order (pkg/xds/bootstrap/{handler,generator}.go): read the body (500) -> parse JSON (400, empty)
 -> token required (422) -> Host in the certificate SANs (400) -> Dataplane from the request (validated: 422)
 or from the store (404, empty) -> CA usable (400) -> render -> JSON or YAML by the `accept` header.
+
+Deliberate differences: a 500 for a resource that cannot be parsed or rendered carries a one-line text body
+(kuma-cp sends none; kuma-dp ignores 5xx bodies, a person with curl does not); the metrics `aggregate` list
+comes from the Dataplane's own Prometheus settings only (the dev CP has no Mesh metrics backends).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from kuma_dp.bootstrap.render import (
     render_bootstrap,
 )
 from kuma_dp.component import Component
+from kuma_dp.devcp.state import StateError, parse_dataplane
 
 log = logging.getLogger("kuma_dp.devcp.bootstrap")
 
@@ -146,29 +151,16 @@ def _resource_of(stored: Any) -> Mapping[str, Any] | None:
 
 
 def _validate_resource(resource: Mapping[str, Any], mesh: str, name: str) -> str | None:
-    """kuma-cp's Dataplane validation (422 text) for a resource sent in the request, or None if valid.
-
-    Uses the dev CP store's parser (kuma-cp's messages) when it is there; otherwise the two checks the
-    reference names.
-    """
-    try:
-        from kuma_dp.devcp.state import StateError, parse_dataplane
-    except ImportError:  # pragma: no cover - the store module ships in the same package
-        networking = resource.get("networking") or {}
-        if networking.get("transparentProxying") and networking.get("outbound"):
-            return TPROXY_OUTBOUND
-        return None
+    """kuma-cp's Dataplane validation (422 text) for a resource sent in the request, or None if valid."""
     try:
         parse_dataplane(resource, mesh=mesh, name=name)
     except StateError as exc:
         return str(exc)
     networking = resource.get("networking") or {}
+    if not isinstance(networking, Mapping):
+        return None
     # kuma-cp: any transparentProxying section plus outbounds is refused, even with zero ports.
-    if (
-        isinstance(networking, Mapping)
-        and networking.get("transparentProxying")
-        and networking.get("outbound")
-    ):
+    if networking.get("transparentProxying") and networking.get("outbound"):
         return TPROXY_OUTBOUND
     return None
 
