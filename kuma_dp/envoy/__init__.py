@@ -14,10 +14,12 @@ from kuma_dp.envoy._binary import (
     EnvoyNotFoundError,
     EnvoyVersion,
     EnvoyVersionError,
+    EnvoyVersionProbe,
     envoy_version,
     find_envoy,
     is_compatible,
     parse_version_output,
+    start_version_probe,
 )
 from kuma_dp.envoy._command import EnvoyOptions, build_command
 from kuma_dp.envoy._process import EnvoyComponent, EnvoyExitedError
@@ -32,6 +34,7 @@ __all__ = [
     "EnvoyOptions",
     "EnvoyVersion",
     "EnvoyVersionError",
+    "EnvoyVersionProbe",
     "HttpResponse",
     "admin_address_from_bootstrap",
     "build_command",
@@ -42,4 +45,5 @@ __all__ = [
     "is_loopback_host",
     "load_bootstrap",
     "parse_version_output",
+    "start_version_probe",
 ]

@@ -21,6 +21,7 @@ from kuma_dp.envoy import (
     is_compatible,
     is_loopback_host,
     parse_version_output,
+    start_version_probe,
 )
 from kuma_dp.envoy._admin import _parse_response
 
@@ -162,3 +163,13 @@ def test_envoy_version_of_real_binary_and_of_broken_ones(tmp_path: Path, envoy_b
     failing = _script(tmp_path / "failing", "echo boom >&2; exit 3")
     with pytest.raises(EnvoyVersionError, match=r"failed to get Envoy version: .* exited with 3: boom"):
         envoy_version(failing)
+
+
+def test_version_probe_runs_in_background_and_reports_errors_on_result(
+    tmp_path: Path, envoy_binary: str
+) -> None:
+    probe = start_version_probe(envoy_binary)
+    assert probe.result() == envoy_version(envoy_binary)
+    missing = start_version_probe(tmp_path / "no-envoy")
+    with pytest.raises(EnvoyVersionError, match=r"failed to get Envoy version: .*no-envoy"):
+        missing.result()
