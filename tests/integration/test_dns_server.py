@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -346,3 +347,103 @@ def test_fuzz_over_real_udp_and_tcp(server: Proc) -> None:
     assert r.answer[0][0].to_text() == "240.0.0.0"
     r = query(server.port, "www.example.test", "A", tcp=True)
     assert r.answer[0][0].to_text() == "10.9.9.9"
+
+
+class ScriptedUpstream(asyncio.DatagramProtocol):
+    """A real UDP nameserver on loopback: answers A 10.0.0.1 after `delay` (or never) and counts queries."""
+
+    def __init__(self, delay: float, answer: bool = True) -> None:
+        self.delay = delay
+        self.answer = answer
+        self.seen: list[str] = []
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        q = dns.message.from_wire(data)
+        self.seen.append(q.question[0].name.to_text().lower())
+        if self.answer:
+            r = dns.message.make_response(q)
+            r.answer.append(dns.rrset.from_text(q.question[0].name, 60, "IN", "A", "10.0.0.1"))
+            asyncio.get_running_loop().call_later(self.delay, self.transport.sendto, r.to_wire(), addr)  # type: ignore[union-attr]
+
+
+async def scripted(delay: float, answer: bool = True) -> tuple[ScriptedUpstream, tuple[str, int]]:
+    proto = ScriptedUpstream(delay, answer)
+    transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+        lambda: proto, local_addr=("127.0.0.1", 0)
+    )
+    return proto, transport.get_extra_info("sockname")[:2]
+
+
+def test_in_flight_merge_failover_parallel_and_metrics(tmp_path: Path) -> None:
+    import dns.asyncquery
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from kuma_dns.component import DNSComponent
+
+    registry = CollectorRegistry()
+
+    async def main() -> dict[str, object]:
+        slow, slow_addr = await scripted(0.3)
+        hole, hole_addr = await scripted(0, answer=False)
+        good, good_addr = await scripted(0)
+        out: dict[str, object] = {}
+
+        async def run_with(upstreams: list[tuple[str, int]], parallel: bool, **kw: object) -> DNSComponent:
+            comp = DNSComponent(
+                port=0,
+                upstreams=upstreams,
+                parallel=parallel,
+                upstream_timeout=0.5,
+                resolv_conf=tmp_path / "none",
+                **kw,  # type: ignore[arg-type]
+            )
+            tasks.append(asyncio.ensure_future(comp.run()))
+            await comp.ready.wait()
+            comp.update(json.dumps(PAYLOAD))
+            return comp
+
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            comp = await run_with([slow_addr], False, registry=registry)
+            qs = [dns.message.make_query("Same.Example.", "A") for _ in range(30)]
+            replies = await asyncio.gather(
+                *(dns.asyncquery.udp(q, "127.0.0.1", port=comp.port, timeout=5) for q in qs)
+            )
+            out["merged_answers"] = [r.answer[0][0].to_text() for r in replies]
+            out["merged_ids_ok"] = all(r.id == q.id for r, q in zip(replies, qs, strict=True))
+            out["slow_seen"] = list(slow.seen)
+            out["metrics"] = generate_latest(registry).decode()
+
+            in_order = await run_with([hole_addr, good_addr], False, register_metrics=False)
+            r = await dns.asyncquery.udp(
+                dns.message.make_query("a.example.", "A"), "127.0.0.1", port=in_order.port, timeout=5
+            )
+            out["failover"] = (r.answer[0][0].to_text(), list(hole.seen), list(good.seen))
+            hole.seen.clear()
+            good.seen.clear()
+            par = await run_with([hole_addr, good_addr], True, register_metrics=False)
+            q = dns.message.make_query("b.example.", "A")
+            r = await dns.asyncquery.udp(q, "127.0.0.1", port=par.port, timeout=5)
+            out["parallel"] = r.answer[0][0].to_text()
+            return out
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    res = asyncio.run(main())
+    assert res["merged_answers"] == ["10.0.0.1"] * 30 and res["merged_ids_ok"]
+    assert res["slow_seen"] == ["same.example."]  # 30 identical queries in flight: one upstream query
+    m = res["metrics"]
+    assert isinstance(m, str)
+    assert 'kuma_dp_dns_queries_total{mesh="default",qtype="A",source="upstream"} 30.0' in m
+    assert 'kuma_dp_dns_upstream_request_duration_seconds_count{mesh="default"} 1.0' in m
+    assert 'kuma_dp_dns_response_codes_total{mesh="default",rcode="noerror"} 30.0' in m
+    assert 'kuma_dp_dns_cache_misses_total{mesh="default"} 30.0' in m
+    assert 'kuma_dp_dns_upstream_request_failure_count{mesh="default"} 0.0' in m
+    assert res["failover"] == ("10.0.0.1", ["a.example."], ["a.example."])  # first timed out, second answered
+    assert res["parallel"] == "10.0.0.1"
