@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
 import socket
 import ssl
@@ -165,3 +167,30 @@ def test_https_with_verified_ca_and_sans(tls_material: dict[str, Any]) -> None:
             old.maximum_version = ssl.TLSVersion.TLSv1_1
         with pytest.raises(httpx.HTTPError):
             httpx.post(url, json=REQUEST, verify=old, timeout=5)
+
+
+def test_as_an_asyncio_component() -> None:
+    """The component serves until cancelled, then the port is closed."""
+    from kuma_dp.devcp.bootstrap_server import BootstrapServerComponent
+
+    service = BootstrapService(Store(), RenderParams(xds_tls=False), auth_enabled=True)
+
+    async def scenario() -> int:
+        component = BootstrapServerComponent(service)
+        task = asyncio.create_task(component.run())
+        await asyncio.wait_for(component.ready.wait(), 10)
+        assert component.server is not None
+        port = component.server.port
+        async with httpx.AsyncClient() as client:
+            reply = await client.post(
+                f"http://127.0.0.1:{port}/bootstrap", json=REQUEST, headers=KUMA_DP_HEADERS
+            )
+        assert reply.status_code == 200
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return port
+
+    port = asyncio.run(scenario())
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
