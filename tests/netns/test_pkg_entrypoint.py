@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -103,3 +104,38 @@ def test_pkg_entrypoint_propagates_kuma_init_rejecting_flags(netns: str) -> None
     assert proc.returncode != 0
     assert "--redirect-all-dns-traffic" in proc.stderr
     assert "KUMA_MESH" not in nat_rules(netns)
+
+
+def image_requirements(dockerfile: Path) -> list[str]:
+    """The requirement specs the kuma-init image installs beside the project's wheel (its pip line)."""
+    for line in dockerfile.read_text().splitlines():
+        if "pip install" in line and '"' in line:
+            return re.findall(r'"([^"]+)"', line)
+    raise AssertionError(f"{dockerfile.name} has no pip install line with quoted requirements")
+
+
+def test_pkg_kuma_init_image_python_set_installs_rules(netns: str, tmp_path: Path) -> None:
+    """The kuma-init image installs the wheel without its dependencies plus a short list (no Envoy, no grpc).
+    Make that same virtualenv here, from the Dockerfile's own list, and have it install the rules: a module
+    kuma-init starts importing that the list lacks fails this test instead of the image at a customer's."""
+    require_kuma_init()
+    if not Path("/usr/bin/python3").exists():
+        pytest.skip("the image's venv is made from the distribution's /usr/bin/python3, absent here")
+    reqs = image_requirements(REPO / "packaging" / "docker" / "kuma-init.Dockerfile")
+    assert {r.split(">")[0].split("=")[0] for r in reqs} == {"click", "pyyaml", "pyroute2"}
+    venv = tmp_path / "venv"
+    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
+    for cmd in (
+        [*pip, "wheel", "--no-deps", "-w", str(tmp_path / "wheels"), str(REPO)],
+        ["/usr/bin/python3", "-m", "venv", "--without-pip", str(venv)],
+    ):
+        subprocess.run(cmd, check=True, capture_output=True)
+    wheel = next((tmp_path / "wheels").glob("*.whl"))
+    for args in (["--no-deps", str(wheel)], reqs):
+        cmd = [*pip, "--python", str(venv / "bin" / "python"), "install", "--no-compile", *args]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, proc.stderr
+    proc = entrypoint(netns, *KUMA_FLAGS, KUMA_INIT_BIN=str(venv / "bin" / "kuma-init"))
+    assert proc.returncode == 0, proc.stderr
+    rules = nat_rules(netns)
+    assert ":KUMA_MESH_OUTBOUND " in rules and "--to-ports 15001" in rules
