@@ -94,8 +94,9 @@ def probe(items: list[dict[str, object]]) -> list[str]:
         try:
             with socket.socket(fam, kind) as s:
                 s.settimeout(2.0)
-                if it.get("src"):
-                    s.bind((str(it["src"]), 0))
+                if it.get("src") or it.get("sport"):
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    s.bind((str(it.get("src") or ""), int(it.get("sport") or 0)))  # type: ignore[call-overload]
                 if kind == socket.SOCK_STREAM:
                     s.connect((host, int(it["port"])))  # type: ignore[call-overload]
                     out.append(s.recv(2048).decode())

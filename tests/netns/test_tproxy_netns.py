@@ -442,3 +442,102 @@ def test_bad_input_is_one_line_and_changes_nothing(pod: Pod) -> None:
     r = pod.kuma("install", "--kuma-dp-user", "no-such-user-ktp")
     assert r.returncode == 1 and "no-such-user-ktp" in r.stderr
     assert all_saves(pod, "nft") == before
+
+
+def test_stale_dns_conntrack_entry_is_flushed_on_install(pod: Pod, tmp_path: Path) -> None:
+    """An app that queried DNS just before install must not keep bypassing the proxy (istio/istio#33469)."""
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text(f"nameserver {pod.remote_ip}\n")
+    pod.serve(pod.remote, 0, "--udp", "53:remote-dns")
+    pod.serve(pod.ns, PROXY_UID, "--udp", "15053:proxy-dns")
+    # a pre-existing stateful rule (as most hosts have) makes conntrack track flows in this namespace
+    sh(
+        "ip",
+        "netns",
+        "exec",
+        pod.ns,
+        "iptables-nft",
+        "-A",
+        "OUTPUT",
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "INVALID",
+        "-j",
+        "DROP",
+    )
+    query = [{"kind": "udp", "host": pod.remote_ip, "port": 53, "sport": 40053}]
+    assert pod.probe(pod.ns, APP_UID, query) == ["remote-dns uid=0"]  # conntrack entry now exists, un-NATed
+    # without the zone split the new request would reuse that entry; only the flush makes it hit the REDIRECT
+    r = pod.kuma(
+        "install",
+        "--kuma-dp-user",
+        str(PROXY_UID),
+        "--redirect-dns",
+        "--skip-dns-conntrack-zone-split",
+        "--ip-family-mode",
+        "ipv4",
+        "--iptables-executables",
+        executables("nft"),
+        env={"KUMA_TRANSPARENT_PROXY_REDIRECT_DNS_RESOLV_CONFIG_PATH": str(resolv)},
+    )
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"dns_conntrack_flushed=[1-9]", r.stdout), r.stdout
+    assert pod.probe(pod.ns, APP_UID, query) == [f"proxy-dns uid={PROXY_UID}"]
+
+
+def test_kuma_init_takes_kuma_flags_and_env(pod: Pod) -> None:
+    kuma_init = REPO / ".venv" / "bin" / "kuma-init"
+    if not kuma_init.exists():
+        pytest.skip("kuma-init console script not installed (pip install -e .)")
+    r = subprocess.run(
+        [
+            str(kuma_init),
+            "--netns",
+            pod.ns,
+            "--kuma-dp-user",
+            str(PROXY_UID),
+            "--redirect-all-dns-traffic",
+            "--iptables-executables",
+            executables("nft"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            **os.environ,
+            "KUMA_TRANSPARENT_PROXY_REDIRECT_INBOUND_PORT": "15106",
+            "KUMA_TRANSPARENT_PROXY_REDIRECT_DNS_PORT": "15153",
+        },
+    )
+    assert r.returncode == 0, r.stderr
+    save = pod.save("iptables-nft-save")
+    assert "-j REDIRECT --to-ports 15106" in save
+    assert "-m udp --dport 53 -j REDIRECT --to-ports 15153" in save
+
+
+def test_dry_run_prints_kuma_format_and_changes_nothing(pod: Pod, conformance_dir: Path) -> None:
+    before = all_saves(pod, "nft")
+    r = pod.kuma("install", "--dry-run", "--ip-family-mode", "ipv4", "--kuma-dp-user", "root")
+    assert r.returncode == 0, r.stderr
+    assert '-m comment --comment "kuma/mesh/transparent/proxy/' in r.stdout  # comment module detected
+    stripped = re.sub(r'-m comment --comment ".*?" ', "", re.sub(r"-o ([^ ]+)", "-o ifPlaceholder", r.stdout))
+    assert (
+        stripped
+        == (conformance_dir / "tproxy-dryrun" / "install-transparent-proxy.defaults.golden.txt").read_text()
+    )
+    assert all_saves(pod, "nft") == before
+
+
+def test_uninstall_refuses_foreign_kuma_chains(pod: Pod) -> None:
+    for argv in (
+        ["-t", "nat", "-N", "KUMA_MESH_OUTBOUND"],
+        ["-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-j", "KUMA_MESH_OUTBOUND"],
+        ["-t", "nat", "-A", "KUMA_MESH_OUTBOUND", "-j", "RETURN"],
+    ):
+        sh("ip", "netns", "exec", pod.ns, "iptables-nft", *argv)
+    before = all_saves(pod, "nft")
+    r = pod.kuma("uninstall", "--iptables-executables", executables("nft"))
+    assert r.returncode == 1
+    assert "refusing to uninstall: chain(s) nat/KUMA_MESH_OUTBOUND exist without Kuma's comments" in r.stderr
+    assert all_saves(pod, "nft") == before
