@@ -12,8 +12,12 @@ Three parts, split so that each is testable on its own:
   the `run` command prints `Failed to fetch Envoy bootstrap config. <error>` and exits 1.
 
 TLS: a configured CA (`--ca-cert-file` / `KUMA_CONTROL_PLANE_CA_CERT`) is the **only** trusted root; without
-one the system roots verify the CP (Kuma <= 2.13 silently skipped verification; we never do);
-`--skip-verify` disables verification with a loud warning.
+one the system roots verify the CP (`ssl.create_default_context()`; Kuma <= 2.13 silently skipped
+verification, we never do); `--skip-verify` disables verification with a loud warning. TLS >= 1.2.
+
+The one POST per start is spoken over asyncio streams (HTTP/1.1, `Connection: close`) rather than through
+an HTTP library: httpx/httpcore/anyio cost ~100 ms of imports and several MiB of RSS in an agent whose
+budget is 300 ms and 35 MiB.
 """
 
 from __future__ import annotations
@@ -387,9 +391,13 @@ def ssl_context(cfg: RunConfig) -> ssl.SSLContext:
 
 
 def _describe_transport_error(exc: BaseException, cfg: RunConfig) -> str:
-    msg = f"request to bootstrap server failed: {exc}"
-    text = str(exc)
-    if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+    detail = str(exc) or type(exc).__name__
+    if isinstance(exc, TimeoutError):
+        detail = f"no answer within {REQUEST_TIMEOUT:g}s (context deadline exceeded)"
+    elif isinstance(exc, OSError) and exc.strerror and not isinstance(exc, ssl.SSLError):
+        detail = exc.strerror
+    msg = f"request to bootstrap server failed: {detail}"
+    if "CERTIFICATE_VERIFY_FAILED" in detail or "certificate verify failed" in detail:
         if cfg.control_plane.ca_cert:
             msg += (
                 " (the control plane's certificate is not signed by the CA given with --ca-cert-file / "
@@ -403,18 +411,90 @@ def _describe_transport_error(exc: BaseException, cfg: RunConfig) -> str:
     return msg
 
 
-async def _attempt(client: Any, url: str, body: bytes, cfg: RunConfig) -> BootstrapResult:
-    import httpx
+@dataclass(frozen=True)
+class _Response:
+    status: int
+    content_type: str
+    body: bytes
 
+
+async def _read_response(reader: asyncio.StreamReader) -> _Response:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        raise ValueError(f"not an HTTP response: {lines[0][:80]!r}")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        chunks = bytearray()
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                break
+            chunks += await reader.readexactly(size)
+            await reader.readexactly(2)
+        body = bytes(chunks)
+    elif "content-length" in headers:
+        body = await reader.readexactly(int(headers["content-length"]))
+    else:
+        body = await reader.read()
+    return _Response(int(parts[1]), headers.get("content-type", ""), body)
+
+
+async def _exchange(url: str, body: bytes, ctx: ssl.SSLContext | None) -> _Response:
+    """One POST on a fresh connection (HTTP/1.1, Connection: close).
+
+    A few lines of asyncio streams instead of an HTTP library: the agent makes this one request per start,
+    and an HTTP stack would cost start-up time and resident memory for nothing.
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or "localhost"
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    netloc = parts.netloc.rpartition("@")[2]
+    reader, writer = await asyncio.open_connection(
+        host, port, ssl=ctx, server_hostname=host if ctx is not None else None
+    )
     try:
-        resp = await client.post(
-            url,
-            content=body,
-            headers={"accept": "application/json", "content-type": "application/json"},
+        writer.write(
+            (
+                f"POST {parts.path or '/'} HTTP/1.1\r\nHost: {netloc}\r\n"
+                f"User-Agent: kuma-dp/{_our_version()}\r\naccept: application/json\r\n"
+                f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n"
+            ).encode("latin-1")
+            + body
         )
-    except httpx.HTTPError as exc:
+        await writer.drain()
+        return await _read_response(reader)
+    finally:
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except (OSError, ssl.SSLError):
+            pass
+
+
+def _our_version() -> str:
+    from kuma_dp import __version__
+
+    return __version__
+
+
+async def _attempt(
+    url: str, body: bytes, ctx: ssl.SSLContext | None, cfg: RunConfig, timeout: float
+) -> BootstrapResult:
+    try:
+        async with asyncio.timeout(timeout):
+            resp = await _exchange(url, body, ctx)
+    except (OSError, TimeoutError, EOFError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
         raise BootstrapError(_describe_transport_error(exc, cfg)) from None
-    return parse_response(resp.status_code, resp.headers.get("content-type", ""), resp.content)
+    except ValueError as exc:
+        raise BootstrapError(f"request to bootstrap server failed: {exc}") from None
+    return parse_response(resp.status, resp.content_type, resp.body)
 
 
 async def fetch_bootstrap(
@@ -424,20 +504,17 @@ async def fetch_bootstrap(
     sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     clock: Callable[[], float] = time.monotonic,
     request_timeout: float = REQUEST_TIMEOUT,
-    transport: Any = None,
 ) -> BootstrapResult:
     """POST the request until it succeeds, a fatal error occurs, or the retry budget is spent.
 
     Retry timing follows go-retry's constant backoff with max duration: after a failed attempt, stop when
     the budget is spent, otherwise wait `min(backoff, remaining)` and try again.
     """
-    import httpx
-
     url = bootstrap_url(cfg.control_plane.url)
     body = request_body(request)
-    verify: ssl.SSLContext | bool = True
+    ctx: ssl.SSLContext | None = None
     if url.startswith("https:"):
-        verify = ssl_context(cfg)
+        ctx = ssl_context(cfg)
         if cfg.control_plane.skip_verify:
             log.warning(
                 "TLS verification of the control plane is DISABLED (--skip-verify / "
@@ -447,36 +524,32 @@ async def fetch_bootstrap(
     backoff = cfg.control_plane.retry.backoff
     budget = cfg.control_plane.retry.max_duration
     start = clock()
-    kwargs: dict[str, Any] = {"timeout": request_timeout, "trust_env": False, "verify": verify}
-    if transport is not None:
-        kwargs["transport"] = transport
-    async with httpx.AsyncClient(**kwargs) as client:
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return await _attempt(client, url, body, cfg)
-            except FatalBootstrapError:
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await _attempt(url, body, ctx, cfg, request_timeout)
+        except FatalBootstrapError:
+            raise
+        except BootstrapError as exc:
+            remaining = budget - (clock() - start)
+            if remaining <= 0:
                 raise
-            except BootstrapError as exc:
-                remaining = budget - (clock() - start)
-                if remaining <= 0:
-                    raise
-                if str(exc) == DP_NOT_FOUND:
-                    log.info(
-                        "Dataplane entity is not yet found in the Control Plane. If you are running on "
-                        "Kubernetes, CP is most likely still in the process of converting Pod to Dataplane. "
-                        "If it takes too long, check kuma-cp logs. Retrying. backoff=%gs attempt=%d",
-                        backoff,
-                        attempt,
-                    )
-                else:
-                    log.info(
-                        "could not fetch bootstrap configuration, make sure you are not trying to connect to "
-                        "global-cp. retrying (this could help only if you're connecting to zone-cp). "
-                        "backoff=%gs attempt=%d err=%s",
-                        backoff,
-                        attempt,
-                        exc,
-                    )
-                await sleep(min(backoff, remaining))
+            if str(exc) == DP_NOT_FOUND:
+                log.info(
+                    "Dataplane entity is not yet found in the Control Plane. If you are running on "
+                    "Kubernetes, CP is most likely still in the process of converting Pod to Dataplane. "
+                    "If it takes too long, check kuma-cp logs. Retrying. backoff=%gs attempt=%d",
+                    backoff,
+                    attempt,
+                )
+            else:
+                log.info(
+                    "could not fetch bootstrap configuration, make sure you are not trying to connect to "
+                    "global-cp. retrying (this could help only if you're connecting to zone-cp). "
+                    "backoff=%gs attempt=%d err=%s",
+                    backoff,
+                    attempt,
+                    exc,
+                )
+            await sleep(min(backoff, remaining))

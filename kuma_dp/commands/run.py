@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -232,24 +233,71 @@ def _read_ca(cfg: RunConfig) -> None:
             raise RunError(f"could not read certificate file {cp.ca_cert_file}: {exc.strerror}") from None
 
 
-def _envoy(cfg: RunConfig) -> tuple[str, dict[str, Any]]:
-    from kuma_dp.envoy import EnvoyNotFoundError, EnvoyVersionError, envoy_version, find_envoy
-    from kuma_dp.versions import expected_envoy_version
+class _EnvoyProbe:
+    """`envoy --version`, started early so that it runs while we render, read files and import.
 
-    try:
-        binary = find_envoy(cfg.dataplane_runtime.binary_path)
-        ev = envoy_version(binary)
-    except EnvoyNotFoundError as exc:
-        raise RunError(str(exc)) from None
-    except EnvoyVersionError as exc:
-        msg = str(exc)
-        if not msg.startswith(("failed to get Envoy version", "wrong Envoy build format")):
-            msg = f"failed to get Envoy version: {msg}"
-        raise RunError(msg) from None
-    if not ev.kuma_dp_compatible:
-        log.info("Envoy version incompatible expected=%s current=%s", expected_envoy_version(), ev.version)
-    log.info("fetched Envoy version version=%s build=%s", ev.version, ev.build)
-    return str(binary), {"version": ev.version, "build": ev.build, "kumaDpCompatible": ev.kuma_dp_compatible}
+    The request needs the version before it can be sent; overlapping the probe with the rest of the start-up
+    takes Envoy's own start (tens of ms) off the critical path. Errors surface when the result is taken, in
+    Kuma's order (after the token and CA checks).
+    """
+
+    def __init__(self, cfg: RunConfig) -> None:
+        from kuma_dp.envoy import EnvoyNotFoundError, find_envoy
+
+        self.binary: str | None = None
+        self.error: str | None = None
+        self.proc: subprocess.Popen[str] | None = None
+        try:
+            self.binary = str(find_envoy(cfg.dataplane_runtime.binary_path))
+        except EnvoyNotFoundError as exc:
+            self.error = str(exc)
+            return
+        try:
+            self.proc = subprocess.Popen(
+                [self.binary, "--version"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        except OSError as exc:
+            self.error = f"failed to get Envoy version: {exc}"
+
+    def result(self) -> tuple[str, dict[str, Any]]:
+        from kuma_dp.envoy import EnvoyVersionError, parse_version_output
+        from kuma_dp.versions import expected_envoy_version
+
+        if self.error is not None or self.proc is None or self.binary is None:
+            raise RunError(self.error or "could not find envoy executable")
+        try:
+            out, err = self.proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.communicate()
+            raise RunError(
+                f"failed to get Envoy version: {self.binary} --version did not answer in 10s"
+            ) from None
+        if self.proc.returncode != 0:
+            detail = (err or out).strip().splitlines()
+            raise RunError(
+                f"failed to get Envoy version: {self.binary} --version exited with {self.proc.returncode}"
+                + (f": {detail[-1]}" if detail else "")
+            )
+        try:
+            ev = parse_version_output(out)
+        except EnvoyVersionError as exc:
+            raise RunError(str(exc)) from None
+        if not ev.kuma_dp_compatible:
+            expected = expected_envoy_version()
+            log.info("Envoy version incompatible expected=%s current=%s", expected, ev.version)
+        log.info("fetched Envoy version version=%s build=%s", ev.version, ev.build)
+        info = {"version": ev.version, "build": ev.build, "kumaDpCompatible": ev.kuma_dp_compatible}
+        return self.binary, info
+
+    def abandon(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def _local_bootstrap(cfg: RunConfig, request: dict[str, Any]) -> bytes:
@@ -371,7 +419,9 @@ def execute(cfg: RunConfig) -> int:
         cfg.dataplane.mesh, cfg.dataplane.name = resource.mesh, resource.name
 
     work_dir, is_temp = prepare_work_dir(cfg)
+    probe: _EnvoyProbe | None = None
     try:
+        probe = _EnvoyProbe(cfg)
         if not cfg.dns.config_dir:
             cfg.dns.config_dir = str(work_dir)
         try:
@@ -381,7 +431,9 @@ def execute(cfg: RunConfig) -> int:
         if token is not None:
             rt.token_path = token.path
         _read_ca(cfg)
-        envoy_binary, envoy_info = _envoy(cfg)
+        if cfg.bootstrap_source == "remote":
+            import kuma_dp.agent  # noqa: F401 - imported while `envoy --version` runs
+        envoy_binary, envoy_info = probe.result()
         if rt.ipv6_enabled and not host_has_ipv6():
             rt.ipv6_enabled = False
         if not rt.system_ca_path:
@@ -406,6 +458,8 @@ def execute(cfg: RunConfig) -> int:
         request = build_request(params)
         return asyncio.run(_run_async(cfg, request, work_dir, envoy_binary))
     finally:
+        if probe is not None:
+            probe.abandon()
         if is_temp:
             shutil.rmtree(work_dir, ignore_errors=True)
 
