@@ -64,10 +64,18 @@ def find_nfpm() -> str:
 
 
 def supports_sd_notify(repo: Path = REPO) -> bool:
-    """Whether the agent tells systemd it is ready; Type=notify without that would time out every start."""
-    for path in (repo / "kuma_dp").rglob("*.py"):
-        if "NOTIFY_SOCKET" in path.read_text(errors="replace"):
-            return True
+    """Whether the agent tells systemd it is ready; Type=notify without that would time out every start.
+
+    Yes when a module that speaks the protocol (names NOTIFY_SOCKET) is imported by another module of the
+    agent: the protocol code alone, not yet wired into `kuma-dp run`, sends nothing.
+    """
+    sources = {p: p.read_text(errors="replace") for p in (repo / "kuma_dp").rglob("*.py")}
+    speakers = {p.stem for p, text in sources.items() if "NOTIFY_SOCKET" in text and p.stem != "__init__"}
+    for path, text in sources.items():
+        for name in speakers - {path.stem}:
+            if re.search(rf"^\s*(from\s+\S*\b{name}\b\s+import|import\s+\S*\b{name}\b|from\s+\S+\s+import\s+"
+                         rf"(\(\s*)?[^\n]*\b{name}\b)", text, re.MULTILINE):
+                return True
     return False
 
 

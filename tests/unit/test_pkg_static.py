@@ -137,3 +137,15 @@ def test_pkg_dockerfiles_copy_only_what_the_dockerignore_lets_in() -> None:
             if line.startswith("COPY") and "--from=" not in line:
                 for src in line.split()[1:-1]:
                     assert src.rstrip("/").removeprefix("./") in allowed, f"{dockerfile.name}: {line}"
+
+
+def test_pkg_build_detects_whether_the_agent_sends_sd_notify(tmp_path: Path) -> None:
+    agent = tmp_path / "kuma_dp"
+    agent.mkdir()
+    (agent / "__init__.py").write_text("")
+    (agent / "sdnotify.py").write_text('path = os.environ.get("NOTIFY_SOCKET")\n')
+    assert build.supports_sd_notify(tmp_path) is False  # the protocol exists but nothing uses it
+    (agent / "agent.py").write_text("from kuma_dp.sdnotify import notifier_component\n")
+    assert build.supports_sd_notify(tmp_path) is True
+    (agent / "agent.py").write_text("from kuma_dp import (\n    component,\n    sdnotify,\n)\n")
+    assert build.supports_sd_notify(tmp_path) is True
