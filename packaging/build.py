@@ -73,8 +73,13 @@ def supports_sd_notify(repo: Path = REPO) -> bool:
     speakers = {p.stem for p, text in sources.items() if "NOTIFY_SOCKET" in text and p.stem != "__init__"}
     for path, text in sources.items():
         for name in speakers - {path.stem}:
-            if re.search(rf"^\s*(from\s+\S*\b{name}\b\s+import|import\s+\S*\b{name}\b|from\s+\S+\s+import\s+"
-                         rf"(\(\s*)?[^\n]*\b{name}\b)", text, re.MULTILINE):
+            forms = (
+                rf"from\s+\S*\b{name}\b\s+import",  # from kuma_dp.sdnotify import x
+                rf"import\s+\S*\b{name}\b",  # import kuma_dp.sdnotify
+                rf"from\s+\S+\s+import\s+[^\n(]*\b{name}\b",  # from kuma_dp import a, sdnotify
+                rf"from\s+\S+\s+import\s+\([^)]*\b{name}\b",  # from kuma_dp import (\n a,\n sdnotify,\n)
+            )
+            if any(re.search(rf"^\s*{form}", text, re.MULTILINE) for form in forms):
                 return True
     return False
 
