@@ -416,3 +416,44 @@ def test_local_bootstrap_source_needs_no_cp_and_envoy_accepts_it(
     rendered = yaml.safe_load((work / "bootstrap.yaml").read_text())
     assert rendered["node"]["id"] == "default.dp-local"
     assert k.stop() == 0
+
+
+def test_sigterm_while_retrying_stops_at_once_and_removes_the_temp_dir(
+    runner: list[KumaDP], tmp_path: Path, envoy_binary: str
+) -> None:
+    with FakeCP([Reply.status_only(404)]) as cp:
+        k = _start(
+            runner,
+            tmp_path,
+            ["--cp-address", cp.url, *_template_args(envoy_binary)],
+            env={"KUMA_CONTROL_PLANE_RETRY_BACKOFF": "1s", "KUMA_CONTROL_PLANE_RETRY_MAX_DURATION": "5m"},
+        ).start()
+        deadline = time.monotonic() + 30
+        while not cp.requests:
+            assert time.monotonic() < deadline and k.proc is not None and k.proc.poll() is None, k.output()
+            time.sleep(0.05)
+        assert k.proc is not None
+        k.proc.send_signal(signal.SIGTERM)
+        code = k.wait(10)
+    out = k.output()
+    assert code == 1
+    assert _error_line(out) == "Error: Failed to fetch Envoy bootstrap config. context canceled"
+    temp = next(ln for ln in out.splitlines() if "temporary directory" in ln).rsplit("dir=", 1)[1].strip()
+    assert Path(temp).name.startswith("kuma-dp-") and not Path(temp).exists()
+
+
+def test_version_command_reports_us_and_envoy(envoy_binary: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "kuma_dp", "version", "--binary-path", envoy_binary],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        check=True,
+    ).stdout
+    from kuma_dp import __version__
+    from kuma_dp.envoy import envoy_version
+
+    ev = envoy_version(envoy_binary)
+    assert f"kuma-dp: {__version__}" in out
+    assert f"Envoy: {ev.version} ({ev.build})" in out
