@@ -71,7 +71,9 @@ def validate_dataplane(cfg: RunConfig) -> list[str]:
             errs.append(err)
         if dp.drain_time <= 0:
             errs.append(".DrainTime must be positive")
-    if not 0 < dp.readiness_port <= 65535:
+    # Kuma rejects 0; we accept it on purpose: the readiness reporter then binds a free port and logs it,
+    # so two proxies on one VM do not collide on 9902 (kumahq/kuma#11769). Out-of-range keeps Kuma's text.
+    if not 0 <= dp.readiness_port <= 65535:
         errs.append(".ReadinessPort has to be in (0, 65535] range")
     return errs
 

@@ -156,6 +156,13 @@ def test_single_messages(mutate, message: str) -> None:  # type: ignore[no-untyp
     assert message in joined
 
 
+def test_readiness_port_zero_is_accepted_to_pick_a_free_port() -> None:
+    cfg = RunConfig()
+    cfg.dataplane.name, cfg.dataplane.mesh = "dp-1", "default"
+    cfg.dataplane.readiness_port = 0
+    assert validation_errors(cfg) == []
+
+
 def test_ingress_needs_no_mesh() -> None:
     cfg = RunConfig()
     cfg.dataplane.proxy_type = "ingress"
