@@ -17,7 +17,6 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -234,57 +233,32 @@ def _read_ca(cfg: RunConfig) -> None:
 
 
 class _EnvoyProbe:
-    """`envoy --version`, started early so that it runs while we render, read files and import.
-
-    The request needs the version before it can be sent; overlapping the probe with the rest of the start-up
-    takes Envoy's own start (tens of ms) off the critical path. Errors surface when the result is taken, in
-    Kuma's order (after the token and CA checks).
-    """
+    """`envoy --version` (kuma_dp.envoy.start_version_probe), started early so it overlaps the rest of the
+    start-up; errors surface when the result is taken, in Kuma's order (after the token and CA checks)."""
 
     def __init__(self, cfg: RunConfig) -> None:
-        from kuma_dp.envoy import EnvoyNotFoundError, find_envoy
+        from kuma_dp.envoy import EnvoyNotFoundError, find_envoy, start_version_probe
 
         self.binary: str | None = None
         self.error: str | None = None
-        self.proc: subprocess.Popen[str] | None = None
+        self.probe: Any = None
+        self.taken = False
         try:
             self.binary = str(find_envoy(cfg.dataplane_runtime.binary_path))
         except EnvoyNotFoundError as exc:
             self.error = str(exc)
             return
-        try:
-            self.proc = subprocess.Popen(
-                [self.binary, "--version"],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        except OSError as exc:
-            self.error = f"failed to get Envoy version: {exc}"
+        self.probe = start_version_probe(self.binary)
 
     def result(self) -> tuple[str, dict[str, Any]]:
-        from kuma_dp.envoy import EnvoyVersionError, parse_version_output
+        from kuma_dp.envoy import EnvoyVersionError
         from kuma_dp.versions import expected_envoy_version
 
-        if self.error is not None or self.proc is None or self.binary is None:
+        self.taken = True
+        if self.error is not None or self.probe is None or self.binary is None:
             raise RunError(self.error or "could not find envoy executable")
         try:
-            out, err = self.proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.communicate()
-            raise RunError(
-                f"failed to get Envoy version: {self.binary} --version did not answer in 10s"
-            ) from None
-        if self.proc.returncode != 0:
-            detail = (err or out).strip().splitlines()
-            raise RunError(
-                f"failed to get Envoy version: {self.binary} --version exited with {self.proc.returncode}"
-                + (f": {detail[-1]}" if detail else "")
-            )
-        try:
-            ev = parse_version_output(out)
+            ev = self.probe.result()
         except EnvoyVersionError as exc:
             raise RunError(str(exc)) from None
         if not ev.kuma_dp_compatible:
@@ -295,9 +269,12 @@ class _EnvoyProbe:
         return self.binary, info
 
     def abandon(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        """Reap the probe when start-up failed before its result was taken (no zombie left behind)."""
+        if self.probe is not None and not self.taken:
+            try:
+                self.probe.result()
+            except Exception:
+                pass
 
 
 def _local_bootstrap(cfg: RunConfig, request: dict[str, Any]) -> bytes:

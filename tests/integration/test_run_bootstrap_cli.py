@@ -457,3 +457,14 @@ def test_version_command_reports_us_and_envoy(envoy_binary: str) -> None:
     ev = envoy_version(envoy_binary)
     assert f"kuma-dp: {__version__}" in out
     assert f"Envoy: {ev.version} ({ev.build})" in out
+
+
+def test_missing_envoy_is_one_line_and_nothing_is_sent(runner: list[KumaDP], tmp_path: Path) -> None:
+    with FakeCP() as cp:
+        code, out = _fail(
+            runner, tmp_path, ["--cp-address", cp.url, "--name", "dp-1", "--mesh", "default",
+                               "--binary-path", str(tmp_path / "no-envoy")]
+        )  # fmt: skip
+        assert cp.requests == []
+    assert code == 1
+    assert _error_line(out).startswith(f"Error: could not find envoy executable: {tmp_path / 'no-envoy'}")
