@@ -351,9 +351,15 @@ USER_RULES = [
 
 
 def all_saves(pod: Pod, backend: str) -> dict[str, str]:
+    """Both families' `*-save`, byte for byte except the `#` timestamp lines and the policy packet counters
+    (IPv6 neighbour discovery on the veth bumps those on its own)."""
     v4, v6 = BACKENDS[backend]
     return {
-        cmd: "\n".join(x for x in pod.save(cmd).splitlines() if not x.startswith("#"))
+        cmd: re.sub(
+            r"(?m)^(:\S+ \S+) \[\d+:\d+\]$",
+            r"\1 [0:0]",
+            "\n".join(x for x in pod.save(cmd).splitlines() if not x.startswith("#")),
+        )
         for cmd in (f"{v4}-save", f"{v6}-save")
     }
 
@@ -541,3 +547,52 @@ def test_uninstall_refuses_foreign_kuma_chains(pod: Pod) -> None:
     assert r.returncode == 1
     assert "refusing to uninstall: chain(s) nat/KUMA_MESH_OUTBOUND exist without Kuma's comments" in r.stderr
     assert all_saves(pod, "nft") == before
+
+
+CP_IN_NETNS = """
+import json, sys, time
+sys.path.insert(0, sys.argv[2])
+from tests.helpers.tproxy_probe import enter_netns
+enter_netns(sys.argv[1])
+from tests.helpers.fake_cp import FakeCP, Reply
+with FakeCP([Reply.status_only(422, "stop after the request")]) as cp:
+    print(cp.url, flush=True)
+    deadline = time.monotonic() + 30
+    while not cp.requests and time.monotonic() < deadline:
+        time.sleep(0.02)
+    print(json.dumps(cp.requests[-1].json if cp.requests else None), flush=True)
+"""
+
+
+def test_kuma_dp_run_reports_tproxy_settings_without_touching_iptables(
+    pod: Pod, tmp_path: Path, envoy_binary: str
+) -> None:
+    """`kuma-dp run --transparent-proxy-config` tells the CP (dataplaneConfig), installs no rules."""
+    from tests.helpers.fake_cp import make_token
+
+    before = {**all_saves(pod, "nft"), **all_saves(pod, "legacy")}
+    cfg = tmp_path / "tproxy.yaml"
+    cfg.write_text(
+        "ipFamilyMode: ipv4\nredirect:\n  inbound: {port: 15106}\n"
+        "  vnet: {networks: ['docker0:172.17.0.0/16']}\n"
+    )
+    cfg.chmod(0o644)
+    cp = subprocess.Popen([PY, "-c", CP_IN_NETNS, pod.ns, str(REPO)], stdout=subprocess.PIPE, text=True)
+    pod.procs.append(cp)
+    assert cp.stdout is not None
+    url = cp.stdout.readline().strip()
+    run = subprocess.run(
+        ["ip", "netns", "exec", pod.ns, PY, "-m", "kuma_dp", "run", "--cp-address", url, "--name", "dp-1",
+         "--mesh", "default", "--dataplane-token", make_token({"Name": "dp-1", "Mesh": "default"}),
+         "--binary-path", envoy_binary, "--work-dir", str(tmp_path / "wd"),
+         "--transparent-proxy-config", str(cfg)],
+        capture_output=True, text=True, timeout=60, cwd=str(REPO),
+    )  # fmt: skip
+    assert run.returncode != 0  # the stand-in CP answered 422 on purpose
+    request = json.loads(cp.stdout.readline())
+    assert request["dataplaneConfig"]["ipFamilyMode"] == "ipv4"
+    assert request["dataplaneConfig"]["redirect"]["inbound"] == {"enabled": True, "port": 15106}
+    assert request["dataplaneConfig"]["redirect"]["outbound"] == {"enabled": True, "port": 15001}
+    assert request["dataplaneConfig"]["redirect"]["vnet"] == {"networks": ["docker0:172.17.0.0/16"]}
+    assert "feature-transparent-proxy-in-dataplane-metadata" in request["features"]
+    assert {**all_saves(pod, "nft"), **all_saves(pod, "legacy")} == before
