@@ -90,6 +90,10 @@ def proxy_from_node(node: base_pb2.Node, store: Store) -> xds.Proxy:
         out_port = tproxy.redirect_port_outbound if tproxy else 15001
         in_port = tproxy.redirect_port_inbound if tproxy else 15006
     ipv6 = md.get("ipv6Enabled")
+    try:
+        dns_port = int(md.get("dataplane.dns.port") or 0)
+    except (TypeError, ValueError):
+        dns_port = 0
     return xds.Proxy(
         dataplane=dp,
         workdir=str(md.get("workdir") or ""),
@@ -99,6 +103,7 @@ def proxy_from_node(node: base_pb2.Node, store: Store) -> xds.Proxy:
         ipv6_enabled=ipv6 is True or str(ipv6).lower() == "true",
         outbound_port=out_port,
         inbound_port=in_port,
+        dns_port=dns_port,
     )
 
 

@@ -25,6 +25,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2,  # noqa: F401
 )
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2  # noqa: F401
+from envoy.extensions.filters.udp.dns_filter.v3 import dns_filter_pb2  # noqa: F401
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
 from google.protobuf import json_format
 from google.protobuf.message import Message
@@ -43,8 +44,14 @@ ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 ORIGINAL_DST = "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"
+DNS_FILTER = "type.googleapis.com/envoy.extensions.filters.udp.dns_filter.v3.DnsFilterConfig"
+EMBEDDED_DNS_FEATURE = "feature-embedded-dns"
+BIND_OUTBOUNDS_FEATURE = "feature-bind-outbounds"
+UNIFIED_NAMING_FEATURE = "feature-unified-resource-naming"
 
 DYNCONF_LISTENER = "_kuma:dynamicconfig"
+DYNCONF_LISTENER_UNIFIED = "system_dynamicconfig"
+DNS_LISTENER = "kuma:dns"
 DYNCONF_SOCKET = "kuma-mesh-metric-config.sock"
 DNS_TTL = 30
 HTTP_PROTOCOLS = frozenset({"http", "http2", "grpc"})
@@ -70,6 +77,12 @@ class Proxy:
     ipv6_enabled: bool = False
     outbound_port: int = 15001
     inbound_port: int = 15006
+    #: Node metadata `dataplane.dns.port`: Envoy's own DNS port in the CoreDNS era (≤2.14 without
+    #: `feature-embedded-dns`), where kuma-cp adds a UDP `kuma:dns` listener.
+    dns_port: int = 0
+    #: kuma-cp's unified resource naming (the proxy's feature and a Mesh with `meshServices.mode:
+    #: Exclusive`); the dev CP has no such Mesh setting, so only callers that know set it.
+    unified_naming: bool = False
 
 
 @dataclass
@@ -139,25 +152,27 @@ def etag(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
-def dynconf_listener(workdir: str, paths: Mapping[str, bytes], ipv6: bool = False) -> dict[str, Any]:
+def dynconf_listener(
+    workdir: str, paths: Mapping[str, bytes], ipv6: bool = False, unified: bool = False
+) -> dict[str, Any]:
     """`_kuma:dynamicconfig` on the workdir's unix socket: per path a 304 route (If-None-Match == ETag),
     then a 200 route with the body and an `Etag` header. The body limit is the largest body, so big DNS
     maps fit."""
+    name = DYNCONF_LISTENER_UNIFIED if unified else DYNCONF_LISTENER
     routes: list[dict[str, Any]] = []
     for path, body in paths.items():
         tag = etag(body)
+        short = path.strip("/")
+        not_modified: dict[str, Any] = {
+            "match": {"path": path, "headers": [{"name": "If-None-Match", "stringMatch": {"exact": tag}}]},
+            "directResponse": {"status": 304},
+        }
+        if unified:
+            not_modified["name"] = f"{name}_{short}_not_modified"
+        routes.append(not_modified)
         routes.append(
             {
-                "match": {
-                    "path": path,
-                    "headers": [{"name": "If-None-Match", "stringMatch": {"exact": tag}}],
-                },
-                "directResponse": {"status": 304},
-            }
-        )
-        routes.append(
-            {
-                "name": f"{DYNCONF_LISTENER}:{path}",
+                "name": f"{name}_{short}" if unified else f"{name}:{path}",
                 "match": {"path": path},
                 "directResponse": {"status": 200, "body": {"inlineString": body.decode()}},
                 "responseHeadersToAdd": [{"header": {"key": "Etag", "value": tag}}],
@@ -168,19 +183,53 @@ def dynconf_listener(workdir: str, paths: Mapping[str, bytes], ipv6: bool = Fals
         cidrs.append({"addressPrefix": "::1", "prefixLen": 128})
     hcm = {
         "@type": HCM,
-        "statPrefix": "_kuma_dynamicconfig",
+        "statPrefix": name if unified else "_kuma_dynamicconfig",
         "httpFilters": [{"name": "envoy.filters.http.router", "typedConfig": {"@type": ROUTER}}],
         "internalAddressConfig": {"cidrRanges": cidrs},
         "routeConfig": {
             "maxDirectResponseBodySizeBytes": max((len(b) for b in paths.values()), default=0),
-            "virtualHosts": [{"name": DYNCONF_LISTENER, "domains": ["*"], "routes": routes}],
+            "virtualHosts": [{"name": name, "domains": ["*"], "routes": routes}],
         },
     }
-    return {
-        "name": DYNCONF_LISTENER,
+    listener: dict[str, Any] = {
+        "name": name,
         "address": {"pipe": {"path": socket_path(workdir, DYNCONF_SOCKET)}},
         "filterChains": [
             {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typedConfig": hcm}]}
+        ],
+    }
+    if unified:
+        listener["statPrefix"] = name
+    return listener
+
+
+def dns_filter_listener(
+    port: int, domains: Mapping[str, str], reachable_ips: set[str] | None, dual_stack: bool
+) -> dict[str, Any]:
+    """The ≤2.14 CoreDNS-era UDP listener `kuma:dns` on 127.0.0.1:<dns port> (KUMA-DP.md §11.2), for proxies
+    without `feature-embedded-dns`: Envoy's DNS filter answers the mesh names itself."""
+    virtual_domains = []
+    for name, ip in sorted(domains.items()):
+        if reachable_ips is not None and ip not in reachable_ips:
+            continue
+        ips = [ip, vips_mod.ipv4_mapped(ip)] if dual_stack and ":" not in ip else [ip]
+        virtual_domains.append(
+            {"name": name, "endpoint": {"addressList": {"address": ips}}, "answerTtl": f"{DNS_TTL}s"}
+        )
+    return {
+        "name": DNS_LISTENER,
+        "address": {"socketAddress": {"address": "127.0.0.1", "portValue": port, "protocol": "UDP"}},
+        "enableReusePort": True,
+        "trafficDirection": "INBOUND",
+        "listenerFilters": [
+            {
+                "name": "envoy.filters.udp.dns_filter",
+                "typedConfig": {
+                    "@type": DNS_FILTER,
+                    "statPrefix": "kuma_dns",
+                    "serverConfig": {"inlineDnsTable": {"virtualDomains": virtual_domains}},
+                },
+            }
         ],
     }
 
@@ -314,6 +363,17 @@ def generate(proxy: Proxy, services: Mapping[str, Service], vips: Mapping[str, s
     # so `kuma-dp run` without root can still resolve (and show) the mesh's names.
     domains = vips_mod.domains(vips)
     reachable = {a for a, _, _ in targets} if proxy.transparent else None
-    payload = dns_payload(domains, reachable, proxy.transparent and proxy.dual_stack, dp.mesh, dp.labels)
-    snap.add(LISTENER_TYPE, dynconf_listener(proxy.workdir, {"/dns": payload}, proxy.ipv6_enabled))
+    dual = proxy.transparent and proxy.dual_stack
+    payload = dns_payload(domains, reachable, dual, dp.mesh, dp.labels)
+    snap.add(
+        LISTENER_TYPE,
+        dynconf_listener(proxy.workdir, {"/dns": payload}, proxy.ipv6_enabled, proxy.unified_naming),
+    )
+    if (
+        proxy.transparent
+        and proxy.dns_port > 0
+        and EMBEDDED_DNS_FEATURE not in proxy.features
+        and BIND_OUTBOUNDS_FEATURE not in proxy.features
+    ):
+        snap.add(LISTENER_TYPE, dns_filter_listener(proxy.dns_port, domains, reachable, dual))
     return snap

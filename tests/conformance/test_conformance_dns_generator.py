@@ -69,3 +69,62 @@ def test_generated_dynconf_listener_equals_case_4(conformance_dir: Path) -> None
 def test_socket_path_is_cut_to_98_characters() -> None:
     path = xds.socket_path("/" + "w" * 120, xds.DYNCONF_SOCKET)
     assert len(path) == 98 + len(".sock") and path.endswith(".sock")
+
+
+def _case_snapshot(conformance_dir: Path, case: int, features: frozenset[str], unified: bool = False) -> dict:
+    """Run the generator on case N's Dataplane (tproxy, outbounds to the VIPs) with the golden's proxy
+    metadata: dnsPort 53001, empty workdir, the case's features."""
+    spec = yaml.safe_load((conformance_dir / f"dns/generator/{case}-dataplane.input.yaml").read_text()) or {}
+    net = spec.setdefault("networking", {})
+    net.setdefault("address", "10.0.0.1")
+    net.pop("outbound", None)  # derived by the generator from the VIPs (see case 4 above)
+    dp = parse_dataplane(
+        {**spec, "mesh": "default", "name": "dp", "labels": LABELS if case in (4, 5) else {}}
+    )
+    tp = dp.transparent_proxying
+    proxy = xds.Proxy(
+        dataplane=dp,
+        workdir="",
+        features=features,
+        transparent=dp.transparent,
+        dual_stack=tp is not None and tp.ip_family_mode.lower() != "ipv4",
+        dns_port=53001,
+        unified_naming=unified,
+    )
+    services = {s: Service("default", s) for s in ("backend_test-ns_svc_8080", "httpbin")}
+    snap = xds.generate(proxy, services, vip.allocate(services))
+    return snap.resources[xds.LISTENER_TYPE]
+
+
+def _as_envoy(resource: dict) -> dict:
+    return json_format.MessageToDict(xds.to_message(xds.LISTENER_TYPE, resource))
+
+
+@pytest.mark.parametrize("case", [1, 3, 6])
+def test_coredns_era_udp_dns_listener(conformance_dir: Path, case: int) -> None:
+    """Cases 1/3/6: no feature-embedded-dns -> UDP `kuma:dns` with Envoy's DNS filter (dual stack or IPv4)."""
+    listeners = _case_snapshot(conformance_dir, case, frozenset())
+    golden = yaml.safe_load((conformance_dir / f"dns/generator/{case}-envoy-config.golden.yaml").read_text())
+    (entry,) = golden["resources"]
+    expected = dict(entry["resource"])
+    expected.pop("@type")
+    assert _as_envoy(listeners[entry["name"]]) == _as_envoy(expected)
+
+
+def test_unified_naming_dynconf_listener_equals_case_5(conformance_dir: Path) -> None:
+    features = frozenset({xds.EMBEDDED_DNS_FEATURE, xds.UNIFIED_NAMING_FEATURE})
+    listeners = _case_snapshot(conformance_dir, 5, features, unified=True)
+    golden = yaml.safe_load((conformance_dir / "dns/generator/5-envoy-config.golden.yaml").read_text())
+    (entry,) = golden["resources"]
+    expected = dict(entry["resource"])
+    expected.pop("@type")
+    assert entry["name"] == "system_dynamicconfig"
+    assert _as_envoy(listeners["system_dynamicconfig"]) == _as_envoy(expected)
+    assert xds.DNS_LISTENER not in listeners
+
+
+def test_no_transparent_proxy_no_dns_listener(conformance_dir: Path) -> None:
+    """Case 2: without the transparent proxy kuma-cp generates nothing DNS-related: no `kuma:dns`, and (ours)
+    the /dns payload carries every mesh name instead of only the outbound VIPs (documented deviation)."""
+    listeners = _case_snapshot(conformance_dir, 2, frozenset())
+    assert xds.DNS_LISTENER not in listeners
