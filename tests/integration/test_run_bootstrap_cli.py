@@ -468,3 +468,35 @@ def test_missing_envoy_is_one_line_and_nothing_is_sent(runner: list[KumaDP], tmp
         assert cp.requests == []
     assert code == 1
     assert _error_line(out).startswith(f"Error: could not find envoy executable: {tmp_path / 'no-envoy'}")
+
+
+def test_sidecar_metrics_aggregate_reaches_the_hijacker(
+    runner: list[KumaDP], tmp_path: Path, short_tmp: Path, envoy_binary: str
+) -> None:
+    """kumaSidecarConfiguration.metrics.aggregate from the CP is scraped and merged on the hijacker socket."""
+    admin = free_port()
+    work = short_tmp / "wd"
+    app_page = Reply(
+        200, b"# TYPE app_requests_total counter\napp_requests_total 7\n", "text/plain; version=0.0.4"
+    )
+    with FakeCP([app_page]) as app:
+        sidecar = {
+            "networking": {"address": "127.0.0.1"},
+            "metrics": {
+                "aggregate": [{"name": "app", "address": "127.0.0.1", "port": app.port, "path": "/stats"}]
+            },
+        }
+        with FakeCP([Reply.bootstrap(minimal_bootstrap_yaml(admin), sidecar)]) as cp:
+            k = _start(
+                runner,
+                tmp_path,
+                ["--cp-address", cp.url, "--work-dir", str(work), *_template_args(envoy_binary)],
+            ).start()
+            k.wait_ready()
+            sock = work / "kuma-mh-dp-1-default.sock"
+            with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock))) as client:
+                page = client.get("http://localhost/", timeout=5)
+            assert k.stop() == 0
+        assert any(r.path == "/stats" for r in app.requests)
+    assert page.status_code == 200
+    assert "app_requests_total" in page.text
