@@ -42,7 +42,9 @@ def test_pkg_unit_parser_reads_values_like_systemd() -> None:
     sections = unitcheck.parse_unit(UNIT.read_text())
     service = sections["Service"]
     assert unitcheck.last(service, "User") == "kuma-dp"
-    assert unitcheck.last(service, "ExecStart") == "/opt/kuma-dp/bin/kuma-dp run"
+    assert unitcheck.last(service, "ExecStart") == "/opt/kuma-dp/bin/kuma-dp run $KUMA_DP_RUN_ARGS"
+    # The optional template copy runs privileged ("+") and may fail ("-") when there is no template.
+    assert unitcheck.last(service, "ExecStartPre").startswith("+-/usr/bin/install -m 0400 -o kuma-dp ")
     assert unitcheck.last(service, "LoadCredential") == "token:/etc/kuma-dp/%i.token"
     # Environment= repeats; every default is kept, in order, before the per-dataplane file overrides them.
     envs = [v for _, k, v in service if k == "Environment"]
@@ -58,7 +60,7 @@ def test_pkg_unit_parser_reads_values_like_systemd() -> None:
         (("User=kuma-dp", "User=root"), "User='root'"),
         (("CapabilityBoundingSet=\n", "CapabilityBoundingSet=CAP_SYS_ADMIN\n"), "CapabilityBoundingSet"),
         (("AmbientCapabilities=\n", "AmbientCapabilities=CAP_NET_ADMIN\n"), "AmbientCapabilities"),
-        (("ExecStart=/opt/kuma-dp/bin/kuma-dp run", "ExecStart=kuma-dp run"), "absolute path"),
+        (("ExecStart=/opt/kuma-dp/bin/kuma-dp", "ExecStart=kuma-dp"), "absolute path"),
         (("PrivateTmp=yes", "PrivateTmp=maybe"), "not a boolean"),
         (("[Install]", "[Instal]"), "unknown section [Instal]"),
     ],
