@@ -159,6 +159,10 @@ def test_tls_with_generated_ca_registers_and_envoy_gets_ready(
                 token,
                 "--work-dir",
                 str(work),
+                "--log-level",
+                "debug",  # the token must not show up even at debug
+                "--envoy-log-level",
+                "info",
                 *_template_args(envoy_binary),
             ],
         ).start()
