@@ -98,6 +98,13 @@ def _install_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def _common_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--netns", default=None, help="network namespace (name or path) to work in")(f)
+    f = click.option(
+        "--backend",
+        type=click.Choice(["auto", "nft-native"]),
+        default="auto",
+        show_default=True,
+        help="auto: iptables-nft or iptables-legacy, chosen as Kuma does; nft-native: one nftables table",
+    )(f)
     f = click.option("--verbose", is_flag=True, default=None, help="long option names and section comments")(
         f
     )
@@ -138,9 +145,9 @@ def _load(ctx: click.Context, params: dict[str, Any]) -> TransparentProxyConfig:
         raise AssertionError from None
 
 
-def _prepare(cfg: TransparentProxyConfig, *, dry_run: bool) -> install_mod.Prepared:
+def _prepare(cfg: TransparentProxyConfig, *, dry_run: bool, native: bool = False) -> install_mod.Prepared:
     try:
-        prep = install_mod.prepare(cfg, dry_run=dry_run)
+        prep = install_mod.prepare(cfg, dry_run=dry_run, native=native)
     except (ConfigError, backend.BackendError) as exc:
         _fail(str(exc))
         raise AssertionError from None
@@ -164,15 +171,21 @@ def _install(ctx: click.Context, params: dict[str, Any]) -> None:
             _fail(str(exc))
     cfg = _load(ctx, params)
     dry_run = bool(params.get("dry_run")) or cfg.dry_run
+    native = params.get("backend") == "nft-native"
     started = time.monotonic()
-    prep = _prepare(cfg, dry_run=dry_run)
+    prep = _prepare(cfg, dry_run=dry_run, native=native)
     if dry_run:
+        if native:
+            from iptables import nftables
+
+            click.echo(nftables.render(prep.rulesets, comments=prep.facts.comments), nl=False)
+            return
         click.echo(
             builder.render_dry_run(prep.rulesets, comments=prep.facts.comments, verbose=cfg.verbose), nl=False
         )
         return
     try:
-        res = install_mod.install(cfg, prep)
+        res = install_mod.install_native(cfg, prep) if native else install_mod.install(cfg, prep)
     except backend.BackendError as exc:
         _fail(f"{exc} (rules left as they were before this install)")
         return
@@ -220,6 +233,15 @@ def uninstall(**params: Any) -> None:
         _fail(str(exc))
         return
     try:
+        if params.get("backend") == "nft-native":
+            from iptables import nftables
+
+            if params.get("dry_run"):
+                click.echo(nftables.uninstall_text(), nl=False)
+                return
+            install_mod.uninstall_native()
+            click.echo("transparent proxy uninstalled")
+            return
         steps = install_mod.uninstall_plan(cfg)
         if params.get("dry_run"):
             for exe, _, text in steps:
@@ -268,6 +290,10 @@ def plan(ctx: click.Context, show_diff: bool, as_json: bool, **params: Any) -> N
             netlink.enter_netns(params["netns"])
         except RuntimeError as exc:
             _fail(str(exc))
+    if params.get("backend") == "nft-native":
+        _fail(
+            "plan compares iptables rules; for --backend nft-native inspect `nft list table inet kuma_mesh`"
+        )
     cfg = _load(ctx, params)
     prep = _prepare(cfg, dry_run=False)
     det = prep.detected

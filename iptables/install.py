@@ -42,7 +42,7 @@ class InstallResult:
     warnings: tuple[str, ...]
 
 
-def prepare(cfg: TransparentProxyConfig, *, dry_run: bool = False) -> Prepared:
+def prepare(cfg: TransparentProxyConfig, *, dry_run: bool = False, native: bool = False) -> Prepared:
     """Gather host facts (netlink, iptables probes), build each family's ruleset; changes nothing but ::6."""
     from iptables import netlink
 
@@ -60,7 +60,8 @@ def prepare(cfg: TransparentProxyConfig, *, dry_run: bool = False) -> Prepared:
         links = netlink.LinkFacts("lo", 1, False)
     detected: backend.Detected | None = None
     try:
-        detected = backend.detect(cfg, want_v6=cfg.ipv6_wanted and links.has_ipv6)
+        if not native:
+            detected = backend.detect(cfg, want_v6=cfg.ipv6_wanted and links.has_ipv6)
     except BackendError:
         if not dry_run:
             raise
@@ -83,7 +84,7 @@ def prepare(cfg: TransparentProxyConfig, *, dry_run: bool = False) -> Prepared:
             if saved and "nat" in saved and "DOCKER_OUTPUT" in saved["nat"].chain_names():
                 docker.add(fam)
         warnings += detected.warnings
-    modules = detected.modules if detected else frozenset()
+    modules = detected.modules if detected else frozenset(backend.MODULES if native else ())
     facts = builder.HostFacts(
         loopback=links.loopback,
         nameservers=nameservers,
@@ -150,3 +151,47 @@ def uninstall(cfg: TransparentProxyConfig) -> None:
     if os.geteuid() != 0:
         raise BackendError("uninstalling the transparent proxy needs root (CAP_NET_ADMIN): run as root")
     backend.apply_transactions(uninstall_plan(cfg), cfg, sleep=0.2)
+
+
+def install_native(cfg: TransparentProxyConfig, prep: Prepared | None = None) -> InstallResult:
+    """`--backend nft-native`: the same rules as one `table inet kuma_mesh`, replaced in one transaction."""
+    from iptables import nftables
+
+    started = time.monotonic()
+    prep = prep or prepare(cfg, native=True)
+    text = nftables.render(prep.rulesets, comments=prep.facts.comments)
+    attempts = 0
+    for attempt in range(cfg.retry.max_retries + 1):
+        attempts = attempt + 1
+        try:
+            nftables.apply(text)
+            break
+        except nftables.NftError as exc:
+            if attempt == cfg.retry.max_retries:
+                raise BackendError(str(exc)) from exc
+            time.sleep(cfg.retry.sleep_between_retries)
+    flushed = 0
+    if cfg.dns.enabled:
+        from iptables import netlink
+
+        flushed = netlink.flush_dns_conntrack()
+    return InstallResult(
+        backend="nft-native",
+        families=tuple(rs.family for rs in prep.rulesets),
+        uid=prep.uid,
+        attempts=attempts,
+        dns_conntrack_flushed=flushed,
+        seconds=time.monotonic() - started,
+        warnings=tuple(prep.warnings),
+    )
+
+
+def uninstall_native() -> None:
+    from iptables import nftables
+
+    if os.geteuid() != 0:
+        raise BackendError("uninstalling the transparent proxy needs root (CAP_NET_ADMIN): run as root")
+    try:
+        nftables.apply(nftables.uninstall_text())
+    except nftables.NftError as exc:
+        raise BackendError(str(exc)) from exc

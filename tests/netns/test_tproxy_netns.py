@@ -238,7 +238,15 @@ def test_install_matches_kuma_iptables_save_goldens(
     )
 
 
-@pytest.mark.parametrize("backend", ["nft", "legacy"])
+def backend_args(backend: str) -> list[str]:
+    if backend == "nft-native":
+        if not shutil.which("nft"):
+            pytest.skip("nft not installed (nftables package)")
+        return ["--backend", "nft-native"]
+    return ["--iptables-executables", executables(backend)]
+
+
+@pytest.mark.parametrize("backend", ["nft", "legacy", "nft-native"])
 def test_traffic_lands_where_kuma_says(pod: Pod, tmp_path: Path, backend: str) -> None:
     resolv = tmp_path / "resolv.conf"
     resolv.write_text(f"nameserver {pod.remote_ip}\nnameserver {pod.remote_ip6}\n")
@@ -247,8 +255,7 @@ def test_traffic_lands_where_kuma_says(pod: Pod, tmp_path: Path, backend: str) -
         "install",
         "--kuma-dp-user",
         str(PROXY_UID),
-        "--iptables-executables",
-        executables(backend),
+        *backend_args(backend),
         "--redirect-dns",
         "--exclude-outbound-ports",
         "9090",
@@ -596,3 +603,27 @@ def test_kuma_dp_run_reports_tproxy_settings_without_touching_iptables(
     assert request["dataplaneConfig"]["redirect"]["vnet"] == {"networks": ["docker0:172.17.0.0/16"]}
     assert "feature-transparent-proxy-in-dataplane-metadata" in request["features"]
     assert {**all_saves(pod, "nft"), **all_saves(pod, "legacy")} == before
+
+
+def test_native_nftables_install_is_idempotent_and_uninstall_exact(pod: Pod) -> None:
+    if not shutil.which("nft"):
+        pytest.skip("nft not installed (nftables package)")
+    sh("ip", "netns", "exec", pod.ns, "nft", "add table inet user_table")
+    sh(
+        "ip",
+        "netns",
+        "exec",
+        pod.ns,
+        "nft",
+        "add chain inet user_table out { type filter hook output priority 0; }",
+    )
+    sh("ip", "netns", "exec", pod.ns, "nft", "add rule inet user_table out tcp dport 9999 counter")
+    before = sh("ip", "netns", "exec", pod.ns, "nft", "list", "ruleset").stdout
+    args = ["install", "--backend", "nft-native", "--kuma-dp-user", str(PROXY_UID), *MULTIPLE_FLAGS]
+    assert pod.kuma(*args).returncode == 0
+    once = sh("ip", "netns", "exec", pod.ns, "nft", "list", "table", "inet", "kuma_mesh").stdout
+    assert "redirect to :15001" in once and "ip6 daddr != ::/64" in once
+    assert pod.kuma(*args).returncode == 0
+    assert sh("ip", "netns", "exec", pod.ns, "nft", "list", "table", "inet", "kuma_mesh").stdout == once
+    assert pod.kuma("uninstall", "--backend", "nft-native").returncode == 0
+    assert sh("ip", "netns", "exec", pod.ns, "nft", "list", "ruleset").stdout == before
