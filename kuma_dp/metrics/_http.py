@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+
+log = logging.getLogger("kuma-dp.http")
 
 MAX_HEADER_BYTES = 64 * 1024
 MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -80,7 +83,12 @@ async def _read_body(reader: asyncio.StreamReader, headers: Mapping[str, str], u
         if length > MAX_BODY_BYTES:
             raise HttpError("response body too large")
         return await reader.readexactly(length)
-    return await reader.read(MAX_BODY_BYTES) if until_eof else b""
+    if not until_eof:
+        return b""
+    body = await reader.read(-1)  # Connection: close and no length: the body ends at EOF
+    if len(body) > MAX_BODY_BYTES:
+        raise HttpError("response body too large")
+    return body
 
 
 async def get(
@@ -149,17 +157,23 @@ async def serve_connection(
             if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
                 status, resp_headers, body = 400, {"content-type": "text/plain"}, b"bad request\n"
                 keep_alive = False
+                body_out = body
             else:
                 request = Request(parts[0].upper(), parts[1], headers)
-                await _read_body(reader, headers, until_eof=False)
+                try:
+                    await _read_body(reader, headers, until_eof=False)
+                except (HttpError, ValueError):
+                    return
                 keep_alive = parts[2] == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
                 if request.method not in ("GET", "HEAD"):
                     status, resp_headers, body = 405, {"content-type": "text/plain"}, b"method not allowed\n"
                 else:
-                    status, resp_headers, body = await handler(request)
+                    try:
+                        status, resp_headers, body = await handler(request)
+                    except Exception:
+                        log.exception("request handler failed", extra={"target": request.target})
+                        status, resp_headers, body = 500, {"content-type": "text/plain"}, b"internal error\n"
                 body_out = b"" if request.method == "HEAD" else body
-            if len(parts) != 3:
-                body_out = body
             out = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}"]
             out += [f"{k}: {v}" for k, v in resp_headers.items()]
             out += [

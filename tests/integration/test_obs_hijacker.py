@@ -1,0 +1,130 @@
+"""The hijacker's HTTP edge over its unix socket: OpenMetrics negotiation with real app endpoints,
+keep-alive (Envoy's cluster reuses connections), bad requests, and the socket file's life cycle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.openmetrics.exposition import generate_latest as om_latest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
+
+from kuma_dp.metrics import AgentMetrics, MetricsHijacker, ScrapeTarget, socket_path
+
+pytestmark = pytest.mark.integration
+OM_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+
+@contextlib.asynccontextmanager
+async def om_app(metric: str, value: float) -> AsyncIterator[int]:
+    """An application endpoint that answers OpenMetrics 1.0.0 (body ends with `# EOF`)."""
+    registry = CollectorRegistry()
+    Counter(metric, "x", registry=registry).inc(value)
+    body = om_latest(registry)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            f"HTTP/1.1 200 OK\r\nContent-Type: {OM_TYPE}\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+async def exchange(sock_path: str, raw: bytes, responses: int = 1) -> list[tuple[str, dict[str, str], bytes]]:
+    reader, writer = await asyncio.open_unix_connection(sock_path)
+    writer.write(raw)
+    await writer.drain()
+    out = []
+    for _ in range(responses):
+        head = (await reader.readuntil(b"\r\n\r\n")).decode().split("\r\n")
+        headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in head[1:] if h)}
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+        out.append((head[0], headers, body))
+    writer.close()
+    return out
+
+
+def test_openmetrics_negotiation_keepalive_and_bad_requests(short_tmp: Path) -> None:
+    async def scenario() -> None:
+        sock = socket_path(short_tmp, "kuma-mh", "dp-1", "default")
+        Path(sock).parent.mkdir(exist_ok=True)
+        # A stale socket file from a crashed agent is replaced.
+        stale = socket.socket(socket.AF_UNIX)
+        stale.bind(sock)
+        stale.close()
+        metrics = AgentMetrics()
+        async with om_app("orders", 3) as p1, om_app("payments", 5) as p2:
+            hijacker = MetricsHijacker(
+                sock,
+                None,
+                [ScrapeTarget("a", "127.0.0.1", p1), ScrapeTarget("b", "127.0.0.1", p2)],
+                metrics=metrics,
+            )
+            task = asyncio.create_task(hijacker.run())
+            await asyncio.wait_for(hijacker.ready.wait(), 10)
+            try:
+                # A second agent with the same name and mesh must not steal the live socket.
+                with pytest.raises(RuntimeError, match="in use by another kuma-dp"):
+                    await MetricsHijacker(sock, None).run()
+
+                two = (
+                    b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: text/plain\r\n\r\n"
+                    b"GET /meshmetric HTTP/1.1\r\nHost: x\r\n\r\n"
+                )
+                (status, headers, body), (status2, headers2, body2) = await exchange(sock, two, 2)
+                assert status.startswith("HTTP/1.1 200") and headers["connection"] == "keep-alive"
+                # The apps spoke OpenMetrics 1.0.0, so the page is OpenMetrics (app formats win over Accept).
+                assert headers["content-type"] == OM_TYPE
+                text = body.decode()
+                assert text.endswith("# EOF\n") and text.count("# EOF") == 1
+                families = {f.name: f for f in om_parse(text)}  # the strict OpenMetrics parser accepts it
+                assert families["orders"].samples[0].value == 3
+                assert families["payments"].samples[0].value == 5
+                assert "kuma_dp_metrics_scrapes" in families
+                assert status2.startswith("HTTP/1.1 200") and headers2["content-type"].startswith(
+                    "text/plain"
+                )
+                assert b"kuma_dp_metrics_scrapes_total 1.0" in body2 and b"orders" not in body2
+
+                # HEAD: headers only (read to EOF: the server closes as asked).
+                reader, writer = await asyncio.open_unix_connection(sock)
+                writer.write(b"HEAD /meshmetric HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                raw = await asyncio.wait_for(reader.read(-1), 10)
+                writer.close()
+                head, _, rest = raw.partition(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 200") and rest == b""
+
+                ((status, _, _),) = await exchange(
+                    sock, b"POST /metrics HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi"
+                )
+                assert status.startswith("HTTP/1.1 405")
+                ((status, headers, _),) = await exchange(sock, b"NONSENSE\r\n\r\n")
+                assert status.startswith("HTTP/1.1 400") and headers["connection"] == "close"
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        assert not Path(sock).exists()
+
+    asyncio.run(scenario())
+
+
+def test_refuses_a_path_that_is_not_a_socket(short_tmp: Path) -> None:
+    path = short_tmp / "kuma-mh-dp-1-default.sock"
+    path.write_text("not a socket")
+    with pytest.raises(RuntimeError, match="is not a socket"):
+        asyncio.run(MetricsHijacker(str(path), None).run())
+    assert path.read_text() == "not a socket"
