@@ -48,7 +48,9 @@ def test_pkg_unit_parser_reads_values_like_systemd() -> None:
     assert unitcheck.last(service, "LoadCredential") == "token:/etc/kuma-dp/%i.token"
     # Environment= repeats; every default is kept, in order, before the per-dataplane file overrides them.
     envs = [v for _, k, v in service if k == "Environment"]
-    assert envs[0] == "KUMA_DATAPLANE_NAME=%i"
+    assert envs[0] == "KUMA_DATAPLANE_RUNTIME_WORK_DIR=%t/kuma-dp/%i"
+    # A default name would make every templated dataplane fail ("--name and --mesh cannot be specified ...").
+    assert not any(e.startswith(("KUMA_DATAPLANE_NAME=", "KUMA_DATAPLANE_MESH=")) for e in envs)
     assert "KUMA_DATAPLANE_RUNTIME_TOKEN_PATH=%d/token" in envs
     assert unitcheck.last(sections["Install"], "WantedBy") == "multi-user.target"
 
