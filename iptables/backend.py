@@ -229,14 +229,20 @@ _LINE_RE = re.compile(r"line:? (\d+)")
 
 
 def failing_line(stderr: str, text: str) -> str:
-    """`iptables-restore: line 7 failed` -> `line 7: -A OUTPUT ...` so the operator sees the rule, not a number."""  # noqa: E501
+    """iptables-restore's multi-line complaint -> one line naming the rule it choked on, not a number."""
+    useful = [
+        ln.strip()
+        for ln in stderr.splitlines()
+        if ln.strip() and not ln.startswith("Try `") and not ln.startswith("Error occurred at line")
+    ]
+    reason = "; ".join(useful) or "no error text"
     m = _LINE_RE.search(stderr)
     if not m:
-        return stderr.strip()
+        return reason
     n = int(m.group(1))
     lines = text.splitlines()
     rule = lines[n - 1] if 0 < n <= len(lines) else "?"
-    return f"{stderr.strip()} (line {n}: {rule})"
+    return f"line {n} `{rule}`: {reason}"
 
 
 def restore(exe: Executables, text: str, cfg: TransparentProxyConfig | None, *, noflush: bool = True) -> None:
@@ -246,9 +252,8 @@ def restore(exe: Executables, text: str, cfg: TransparentProxyConfig | None, *, 
     except OSError as exc:
         raise BackendError(f"cannot run {argv[0]}: {exc.strerror or exc}") from exc
     if proc.returncode != 0:
-        raise BackendError(
-            f"{os.path.basename(argv[0])} failed (exit {proc.returncode}): {failing_line(proc.stderr, text)}"
-        )
+        where = failing_line(proc.stderr, text)
+        raise BackendError(f"{os.path.basename(argv[0])} failed (exit {proc.returncode}) at {where}")
 
 
 def save(exe: Executables) -> dict[str, SavedTable]:
@@ -306,7 +311,7 @@ def apply_transactions(
                     rollback(exe, before)
                 except BackendError as rb:
                     raise BackendError(f"{exc}; ROLLBACK ALSO FAILED: {rb}") from exc
-            log.warning("event=apply_failed attempt=%d error=%r", attempt + 1, str(exc))
+            log.info("event=apply_failed attempt=%d error=%r", attempt + 1, str(exc))
             if attempt < retries:
                 time.sleep(pause)
     assert last is not None

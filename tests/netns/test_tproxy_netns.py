@@ -424,6 +424,7 @@ def test_failure_mid_apply_leaves_previous_state(pod: Pod, backend: str) -> None
     assert bad.returncode == 1
     assert "ip6tables" in bad.stderr and "line" in bad.stderr and "averyveryverylonginterface" in bad.stderr
     assert "rules left as they were" in bad.stderr
+    assert bad.stderr.startswith("Error: ") and bad.stderr.count("\n") == 1, "one-line error"
     assert all_saves(pod, backend) == previous
 
 
