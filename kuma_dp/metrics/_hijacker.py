@@ -24,7 +24,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -55,6 +55,8 @@ __all__ = [
 #: cannot be concatenated).
 PASSED_HEADERS = ("accept", "user-agent", "x-prometheus-scrape-timeout-seconds")
 DEFAULT_ENDPOINT_TIMEOUT = 5.0
+#: What of the agent's registry is appended to the merged page (everything is under /meshmetric).
+AGENT_PREFIX = "kuma_dp_"
 PASSTHROUGH_V4 = "127.0.0.6"
 PASSTHROUGH_V6 = "::6"
 
@@ -180,6 +182,18 @@ class AdminLike(Protocol):
     socket_path: str | None
 
 
+class _PrefixView:
+    """Only the families whose name starts with `prefix`: the merged page gets `kuma_dp_*` but not the
+    registry's process_*/python_* collectors, which would clash with the same families from a Go or Python
+    application (a second `# TYPE process_cpu_seconds_total` makes Prometheus reject the whole scrape)."""
+
+    def __init__(self, registry: CollectorRegistry, prefix: str) -> None:
+        self.registry, self.prefix = registry, prefix
+
+    def collect(self) -> Iterator[Any]:
+        return (f for f in self.registry.collect() if f.name.startswith(self.prefix))
+
+
 @dataclass
 class _Part:
     name: str
@@ -270,7 +284,7 @@ class MetricsHijacker(Component):
         fmt = select_content_type((p.fmt for p in parts), accept)
         bodies = [p.body for p in parts]
         if self.include_agent_metrics:
-            bodies.append(self._render_registry(fmt))
+            bodies.append(self._render_registry(fmt, only_prefix=AGENT_PREFIX))
         if self.metrics is not None:
             self.metrics.scrapes.inc()
         return 200, {"content-type": fmt.value}, merge_bodies(bodies, fmt)
@@ -284,10 +298,11 @@ class MetricsHijacker(Component):
         except Exception as exc:  # a stale gauge beats a failed scrape
             log.debug("readiness state unavailable", extra={"error": str(exc)})
 
-    def _render_registry(self, fmt: ContentFormat) -> bytes:
+    def _render_registry(self, fmt: ContentFormat, only_prefix: str = "") -> bytes:
+        source: Any = self.registry if not only_prefix else _PrefixView(self.registry, only_prefix)
         if fmt in (ContentFormat.OPENMETRICS_1_0_0, ContentFormat.OPENMETRICS_0_0_1):
-            return generate_openmetrics(self.registry)
-        return generate_text(self.registry)
+            return generate_openmetrics(source)
+        return generate_text(source)
 
     # -- scraping ----------------------------------------------------------------------------------
     def _timeout(self, request: _http.Request) -> float:

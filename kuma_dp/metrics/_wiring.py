@@ -93,6 +93,9 @@ class StartupObserver(Component):
             await asyncio.sleep(self.poll_interval)
 
     async def _wait_first_config(self) -> None:
+        # Fast at first (start-up is when this matters), then slow: a static or LDS-less bootstrap never
+        # gets an LDS update, and polling it at 4 Hz for the life of the agent would be waste.
+        started = time.monotonic()
         while True:
             with contextlib.suppress(Exception):
                 resp = await self.admin.get("/stats?filter=^listener_manager.lds.update_success$")
@@ -102,7 +105,8 @@ class StartupObserver(Component):
                         secs = self.metrics.phase_done("first_config")
                         log.info("first configuration received", extra={"seconds": round(secs, 3)})
                         return
-            await asyncio.sleep(max(self.poll_interval, 0.25))
+            slow = time.monotonic() - started > 60
+            await asyncio.sleep(5.0 if slow else max(self.poll_interval, 0.25))
 
     async def _wait_dns(self) -> None:
         assert self.dns_ready is not None

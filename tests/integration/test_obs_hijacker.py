@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, ProcessCollector
 from prometheus_client.openmetrics.exposition import generate_latest as om_latest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
 
@@ -66,13 +66,17 @@ def test_openmetrics_negotiation_keepalive_and_bad_requests(short_tmp: Path) -> 
         stale = socket.socket(socket.AF_UNIX)
         stale.bind(sock)
         stale.close()
-        metrics = AgentMetrics()
+        # The agent's registry also holds process/python collectors, like prometheus_client's default one.
+        registry = CollectorRegistry()
+        ProcessCollector(registry=registry)
+        metrics = AgentMetrics(registry)
         async with om_app("orders", 3) as p1, om_app("payments", 5) as p2:
             hijacker = MetricsHijacker(
                 sock,
                 None,
                 [ScrapeTarget("a", "127.0.0.1", p1), ScrapeTarget("b", "127.0.0.1", p2)],
                 metrics=metrics,
+                registry=registry,
             )
             task = asyncio.create_task(hijacker.run())
             await asyncio.wait_for(hijacker.ready.wait(), 10)
@@ -95,10 +99,13 @@ def test_openmetrics_negotiation_keepalive_and_bad_requests(short_tmp: Path) -> 
                 assert families["orders"].samples[0].value == 3
                 assert families["payments"].samples[0].value == 5
                 assert "kuma_dp_metrics_scrapes" in families
+                # Only kuma_dp_* joins the merged page: process_* would clash with the apps' own.
+                assert not any(name.startswith("process_") for name in families)
                 assert status2.startswith("HTTP/1.1 200") and headers2["content-type"].startswith(
                     "text/plain"
                 )
                 assert b"kuma_dp_metrics_scrapes_total 1.0" in body2 and b"orders" not in body2
+                assert b"process_cpu_seconds_total" in body2  # /meshmetric serves the whole registry
 
                 # HEAD: headers only (read to EOF: the server closes as asked).
                 reader, writer = await asyncio.open_unix_connection(sock)
