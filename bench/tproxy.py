@@ -8,6 +8,7 @@ interleaved, `--reps` times each (median and p90), every repetition starting fro
 
 * ours, in-process: `iptables.install.install()` = netlink facts + concurrent probes + build + one
   `iptables-restore --noflush` per family + conntrack flush (target: <= 150 ms);
+* ours with `--backend nft-native` (one `nft -f` transaction), in-process;
 * ours, as a command: `kuma-dp transparent-proxy install` wall time (adds Python start-up and imports);
 * the peer: the step sequence Kuma documents (KUMA-DP.md §13.1-13.2, §13.8), one process after another with
   the same binaries and rules: `--version` of all six binaries, `*-save` of both backends, the module and
@@ -137,6 +138,7 @@ def main() -> None:
             "0",
         ]
         ours: list[float] = []
+        native: list[float] = []
         ours_cli: list[float] = []
         peer: list[float] = []
         for i in range(args.reps + 1):  # first round is warm-up
@@ -147,6 +149,10 @@ def main() -> None:
             assert res.families == (4, 6)
             clean(exe)
             t0 = time.perf_counter()
+            install_mod.install_native(cfg)
+            t_native = time.perf_counter() - t0
+            install_mod.uninstall_native()
+            t0 = time.perf_counter()
             subprocess.run(cli, check=True, capture_output=True, cwd=str(REPO), env={**os.environ, **env})
             t_cli = time.perf_counter() - t0
             clean(exe)
@@ -155,6 +161,7 @@ def main() -> None:
             assert state.has_ours(live), "the Kuma-style sequence did not install the rules"
             if i:
                 ours.append(t_ours)
+                native.append(t_native)
                 ours_cli.append(t_cli)
                 peer.append(t_peer)
         clean(exe)
@@ -164,6 +171,7 @@ def main() -> None:
             f"{args.reps} reps, interleaved"
         )
         print(f"  ours (in-process install())          {stats(ours)}")
+        print(f"  ours, --backend nft-native           {stats(native)}")
         print(f"  ours (kuma-dp transparent-proxy CLI) {stats(ours_cli)}")
         print(f"  Kuma-style process sequence (peer)   {stats(peer)}")
         print(f"  ratio peer/ours (in-process)         {med_peer / med_ours:5.2f}x")
