@@ -255,8 +255,10 @@ def setup_logging(
     if fmt not in FORMATS:
         raise ValueError(f"invalid --log-format {fmt!r}: use text or json")
     if output_path:
+        # lumberjack treats a max size of 0 as its default, 100 MB (never "no limit").
+        size_mb = max_size_mb if max_size_mb > 0 else 100
         handler: logging.Handler = AgeAndCountRotatingFileHandler(
-            output_path, max_size_mb * 1024 * 1024, max_retained, max_age_days
+            output_path, size_mb * 1024 * 1024, max_retained, max_age_days
         )
     else:
         handler = logging.StreamHandler(sys.stderr)

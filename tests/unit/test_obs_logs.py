@@ -130,6 +130,7 @@ def test_rotation_keeps_count_and_age(tmp_path: Path) -> None:
     assert all(b.stat().st_size <= 2100 for b in backups)
     assert "line 199" in out.read_text()
     assert logs.setup_logging("info", str(out), 7, 0, 0).maxBytes == 7 * 1024 * 1024
+    assert logs.setup_logging("info", str(out), 0, 0, 0).maxBytes == 100 * 1024 * 1024  # lumberjack default
 
 
 def test_stderr_default_text_layout() -> None:
