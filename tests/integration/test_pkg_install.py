@@ -8,13 +8,17 @@ that goes into them>, so a re-run after an unrelated change costs nothing.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pwd
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
+import tempfile
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -178,6 +182,111 @@ def test_pkg_deb_unit_verifies(installed_deb: Path) -> None:
     proc = run("systemd-analyze", "verify", "kuma-dp@pkgtest.service", check=False, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "kuma-dp@" not in proc.stderr and "kuma-dp/" not in proc.stderr, proc.stderr
+
+
+def unit_command(unit_text: str, instance: str, runtime: Path, creds: Path,
+                 env_file: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """ExecStart's argv and environment as systemd 252 builds them for `kuma-dp@<instance>`: specifiers %i %t
+    %d, Environment= then EnvironmentFile= (which wins), and an unbraced $VAR split into words."""
+    sys.path.insert(0, str(REPO / "packaging"))
+    try:
+        import unitcheck  # type: ignore[import-not-found]
+    finally:
+        sys.path.pop(0)
+    service = unitcheck.parse_unit(unit_text)["Service"]
+
+    def expand(value: str) -> str:
+        return value.replace("%i", instance).replace("%t", str(runtime)).replace("%d", str(creds))
+
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+    for _, key, value in service:
+        if key == "Environment":
+            name, _, val = expand(value).partition("=")
+            env[name] = val
+    env.update(env_file)
+    env["CREDENTIALS_DIRECTORY"] = str(creds)
+    argv: list[str] = []
+    for word in expand(unitcheck.last(service, "ExecStart")).split():
+        argv.extend(env.get(word[1:], "").split() if word.startswith("$") else [word])
+    return argv, env
+
+
+def fake_jwt() -> str:
+    """Shaped like a dataplane token (kuma-dp parses it unverified); never sent anywhere: local bootstrap."""
+    import base64
+
+    def seg(obj: dict[str, str]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+    return f"{seg({'alg': 'RS256', 'typ': 'JWT'})}.{seg({'Name': 'pkgtest'})}.c2ln"
+
+
+def test_pkg_deb_unit_command_runs_agent_and_envoy_as_kuma_dp(installed_deb: Path) -> None:
+    """The installed unit's ExecStart, with its environment and a per-dataplane env file, run as systemd would
+    run it (as kuma-dp, token in a credentials directory only kuma-dp can read; no sandbox: there is no
+    systemd here). The packaged agent renders a local bootstrap, starts the packaged Envoy as kuma-dp, and
+    stops cleanly on SIGTERM to the main process (KillMode=mixed)."""
+    import httpx
+    import psutil
+
+    from tests.conftest import free_port
+
+    user = pwd.getpwnam("kuma-dp")
+    base = Path(tempfile.mkdtemp(prefix="kpk-", dir="/tmp"))
+    base.chmod(0o755)
+    runtime, creds = base / "run", base / "creds"
+    work = runtime / "kuma-dp" / "pkgtest"
+    work.mkdir(parents=True)  # RuntimeDirectory=kuma-dp/%i, RuntimeDirectoryMode=0711, owned by User=
+    work.chmod(0o711)
+    os.chown(work, user.pw_uid, user.pw_gid)
+    creds.mkdir(mode=0o500)
+    (creds / "token").write_text(fake_jwt() + "\n")
+    for path, mode in ((creds / "token", 0o400), (creds, 0o500)):
+        os.chown(path, user.pw_uid, user.pw_gid)
+        path.chmod(mode)
+    admin = free_port()
+    template = json.dumps({  # JSON is YAML, and fits on one env-file line
+        "type": "Dataplane", "mesh": "default", "name": "pkgtest",
+        "networking": {"address": "127.0.0.1", "admin": {"port": admin},
+                       "inbound": [{"port": free_port(), "tags": {"kuma.io/service": "web"}}]},
+    })
+    env_file = {
+        "KUMA_CONTROL_PLANE_URL": f"http://127.0.0.1:{free_port()}",
+        "KUMA_DATAPLANE_RUNTIME_RESOURCE": template,
+        "KUMA_READINESS_PORT": str(free_port()),
+        "KUMA_DP_RUN_ARGS": "--bootstrap-source local --drain-time 1s --concurrency 1",
+    }
+    unit = Path("/usr/lib/systemd/system/kuma-dp@.service").read_text()
+    argv, env = unit_command(unit, "pkgtest", runtime, creds, env_file)
+    assert argv[:2] == ["/opt/kuma-dp/bin/kuma-dp", "run"] and "--bootstrap-source" in argv
+    assert env["KUMA_DATAPLANE_RUNTIME_TOKEN_PATH"] == str(creds / "token")
+    log = base / "agent.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(argv, env=env, user=user.pw_uid, group=user.pw_gid, extra_groups=[],
+                                stdout=out, stderr=subprocess.STDOUT, cwd="/")
+    try:
+        info = None
+        deadline = time.monotonic() + 60
+        while info is None and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                info = httpx.get(f"http://127.0.0.1:{admin}/server_info", timeout=2).json()
+            except (httpx.TransportError, ValueError):
+                time.sleep(0.1)
+        assert info is not None, log.read_text()
+        assert info["node"]["id"] == "default.pkgtest"
+        children = psutil.Process(proc.pid).children(recursive=True)
+        envoys = [c for c in children if Path(c.exe()).name == "envoy"]
+        assert envoys and all(c.uids().real == user.pw_uid for c in envoys), children
+        assert os.path.realpath(envoys[0].exe()).startswith("/opt/kuma-dp/lib/")
+        assert (work / "bootstrap.yaml").stat().st_uid == user.pw_uid
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, log.read_text()
+        assert all(not c.is_running() for c in envoys)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_pkg_deb_upgrade_keeps_config_remove_keeps_tokens_purge_deletes(installed_deb: Path) -> None:
