@@ -50,6 +50,10 @@ def prepare(cfg: TransparentProxyConfig, *, dry_run: bool = False, native: bool 
     warnings: list[str] = []
     if cfg.store_firewalld:
         warnings.append("--store-firewalld is not supported here; rules will not persist across reboots")
+    if dry_run and os.geteuid() != 0:
+        warnings.append(
+            "[dry-run]: running this command as a non-root user may lead to unpredictable results"
+        )
     if not dry_run and os.geteuid() != 0:
         raise BackendError(
             "installing the transparent proxy needs root (CAP_NET_ADMIN): run as root, or use --dry-run"
