@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import errno
 import ipaddress
 import logging
 import os
@@ -243,6 +244,7 @@ class MetricsHijacker(Component):
         #: Kuma's MergeClustersForPrometheus on Envoy's page (cut `-<16 hex>` suffixes, sum, mark mesh).
         self.merge_clusters = merge_clusters
         self._connections: set[asyncio.Task[None]] = set()
+        self._warned_sources: set[str] = set()
 
     # -- serving -----------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -348,10 +350,27 @@ class MetricsHijacker(Component):
             # Inbound redirection skips these sources, so the scrape reaches the app, not Envoy's inbound.
             source = PASSTHROUGH_V6 if t.is_ipv6 else PASSTHROUGH_V4
         path = t.path if t.path.startswith("/") else "/" + t.path  # the scraper's query string is dropped
-        coro = _http.get(
-            target=path, host=t.address.strip("[]"), port=t.port, headers=headers, source_address=source
-        )
-        return await self._fetch(t.name, coro, timeout)
+        host = t.address.strip("[]")
+
+        async def fetch() -> _http.Response:
+            try:
+                return await _http.get(
+                    target=path, host=host, port=t.port, headers=headers, source_address=source
+                )
+            except _http.HttpError as exc:
+                # ::6 exists only where the transparent-proxy installer added it to `lo`; without it,
+                # scrape from the default source rather than not at all.
+                if source is None or exc.errno != errno.EADDRNOTAVAIL:
+                    raise
+                if source not in self._warned_sources:
+                    self._warned_sources.add(source)
+                    log.warning(
+                        "passthrough source address is not configured; scraping without it",
+                        extra={"source": source, "endpoint": t.name},
+                    )
+                return await _http.get(target=path, host=host, port=t.port, headers=headers)
+
+        return await self._fetch(t.name, fetch(), timeout)
 
     async def _fetch(
         self, name: str, coro: Any, timeout: float, mutate: Callable[[str], str] | None = None

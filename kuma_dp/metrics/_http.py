@@ -21,7 +21,11 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 
 
 class HttpError(RuntimeError):
-    """Connect, read or protocol failure talking to an endpoint."""
+    """Connect, read or protocol failure talking to an endpoint (`errno` set for socket errors)."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
 
 
 @dataclass(frozen=True)
@@ -116,7 +120,7 @@ async def get(
             )
             host_header = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     except OSError as exc:
-        raise HttpError(f"connect: {exc.strerror or exc}") from exc
+        raise HttpError(f"connect: {exc.strerror or exc}", exc.errno) from exc
     try:
         lines = [f"GET {target} HTTP/1.1", f"Host: {host_header}", "Connection: close"]
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]

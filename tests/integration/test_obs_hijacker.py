@@ -135,3 +135,50 @@ def test_refuses_a_path_that_is_not_a_socket(short_tmp: Path) -> None:
     with pytest.raises(RuntimeError, match="is not a socket"):
         asyncio.run(MetricsHijacker(str(path), None).run())
     assert path.read_text() == "not a socket"
+
+
+def test_ipv6_app_under_transparent_proxy_is_scraped_even_without_passthrough_address(
+    short_tmp: Path,
+) -> None:
+    """Source ::6 is used when the host has it (the tproxy installer adds it); otherwise the scrape falls
+    back to the default source instead of losing the application's metrics."""
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback on this host")
+
+    async def scenario() -> tuple[bytes, list[str]]:
+        peers: list[str] = []
+        body = b"# TYPE v6_app_up gauge\nv6_app_up 1\n"
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            peers.append(writer.get_extra_info("peername")[0])
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                + body
+            )
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handle, "::1", 0)
+        port = server.sockets[0].getsockname()[1]
+        sock = str(short_tmp / "kuma-mh-v6-default.sock")
+        hijacker = MetricsHijacker(
+            sock, None, [{"name": "v6", "address": "::1", "port": port}], transparent_proxy=True
+        )
+        task = asyncio.create_task(hijacker.run())
+        try:
+            await asyncio.wait_for(hijacker.ready.wait(), 10)
+            ((_, _, page),) = await exchange(sock, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            server.close()
+        return page, peers
+
+    page, peers = asyncio.run(scenario())
+    assert b"v6_app_up 1" in page
+    assert peers and set(peers) <= {"::6", "::1"}
