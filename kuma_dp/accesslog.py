@@ -203,6 +203,9 @@ class AccessLogStreamer(Component):
         log.info("started access-log streamer", extra={"fifo": self.fifo_path})
         try:
             async with asyncio.TaskGroup() as senders:
+                # After a restart (resilient component), senders keep their buffered lines: run them again.
+                for sender in self.senders.values():
+                    senders.create_task(sender.run(), name=f"access-log-sender {sender.address}")
                 self.ready.set()
                 await self._read_loop(reader, senders)
         finally:

@@ -106,6 +106,15 @@ def test_access_log_buffer_drops_then_reconnects(short_tmp: Path) -> None:
         sender = streamer.senders[address]
         assert sender.dropped == total - capacity and len(sender.buffer) == capacity
 
+        # The manager restarts a failed resilient component: the FIFO and the buffered lines survive.
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        task = asyncio.create_task(streamer.run())
+        await asyncio.wait_for(streamer.ready.wait(), 10)
+        with open(fifo, "wb") as f:  # a pipe with a live reader: never blocks
+            f.write(f"{address};after restart\n".encode())
+        await _until(lambda: sender.dropped == total - capacity + 1)
+
         lines: list[bytes] = []
 
         async def collect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -123,6 +132,6 @@ def test_access_log_buffer_drops_then_reconnects(short_tmp: Path) -> None:
         return lines
 
     lines = asyncio.run(scenario())
-    assert lines == [f"line {i}".encode() for i in range(total - capacity, total)]
+    assert lines == [f"line {i}".encode() for i in range(total - capacity + 1, total)] + [b"after restart"]
     dropped = metrics.access_log_dropped.labels(address=address, reason="buffer_full")._value.get()
-    assert dropped == total - capacity
+    assert dropped == total - capacity + 1
