@@ -61,7 +61,7 @@ def hijacker_component(
 
 class StartupObserver(Component):
     """Records start-up phases from the outside: Envoy spawn → LIVE, first config (first LDS update), first
-    DNS table. Started right after Envoy (its spawn time is taken as this component's construction time).
+    DNS table. Started right after Envoy (Envoy's spawn time is taken as this component's start).
     Polls the admin API until every phase is known, then idles."""
 
     name = "startup-observer"
@@ -79,7 +79,8 @@ class StartupObserver(Component):
         self.admin = admin
         self.metrics = metrics
         self.dns_ready = dns_ready
-        self.spawned_at = time.monotonic() if spawned_at is None else spawned_at
+        #: Envoy's spawn time; default: when run() starts, which the agent does right after Envoy's spawn.
+        self.spawned_at = spawned_at
         self.poll_interval = poll_interval
 
     async def _wait_live(self) -> None:
@@ -115,6 +116,8 @@ class StartupObserver(Component):
         log.info("first DNS table loaded", extra={"seconds": round(secs, 3)})
 
     async def run(self) -> None:
+        if self.spawned_at is None:
+            self.spawned_at = time.monotonic()
         self.metrics.envoy_started()
         self.ready.set()
         async with asyncio.TaskGroup() as tg:
