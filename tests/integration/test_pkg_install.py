@@ -14,7 +14,9 @@ import pwd
 import re
 import shutil
 import signal
+import socket
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -184,6 +186,15 @@ def test_pkg_deb_unit_verifies(installed_deb: Path) -> None:
     assert "kuma-dp@" not in proc.stderr and "kuma-dp/" not in proc.stderr, proc.stderr
 
 
+def unitcheck_last(unit_text: str, key: str) -> str | None:
+    sys.path.insert(0, str(REPO / "packaging"))
+    try:
+        import unitcheck  # type: ignore[import-not-found]
+    finally:
+        sys.path.pop(0)
+    return unitcheck.last(unitcheck.parse_unit(unit_text)["Service"], key)
+
+
 def unit_command(unit_text: str, instance: str, runtime: Path, creds: Path,
                  env_file: dict[str, str]) -> tuple[list[str], dict[str, str]]:
     """ExecStart's argv and environment as systemd 252 builds them for `kuma-dp@<instance>`: specifiers %i %t
@@ -219,6 +230,25 @@ def fake_jwt() -> str:
         return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
 
     return f"{seg({'alg': 'RS256', 'typ': 'JWT'})}.{seg({'Name': 'pkgtest'})}.c2ln"
+
+
+def notifications_from(sock: socket.socket, pid: int, want: bytes, timeout: float) -> list[bytes]:
+    """sd_notify datagrams until one has `want`, keeping only those systemd would accept with
+    NotifyAccess=main (the sender's pid, from SCM_CREDENTIALS, is the main process)."""
+    got: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not any(want in m for m in got):
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            data, ancdata, _, _ = sock.recvmsg(4096, socket.CMSG_SPACE(12))
+        except TimeoutError:
+            break
+        for level, kind, cred in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                sender = struct.unpack("3i", cred[:12])[0]
+                if sender == pid:
+                    got.append(data)
+    return got
 
 
 def test_pkg_deb_unit_command_runs_agent_and_envoy_as_kuma_dp(installed_deb: Path) -> None:
@@ -260,6 +290,13 @@ def test_pkg_deb_unit_command_runs_agent_and_envoy_as_kuma_dp(installed_deb: Pat
     argv, env = unit_command(unit, "pkgtest", runtime, creds, env_file)
     assert argv[:2] == ["/opt/kuma-dp/bin/kuma-dp", "run"] and "--bootstrap-source" in argv
     assert env["KUMA_DATAPLANE_RUNTIME_TOKEN_PATH"] == str(creds / "token")
+    notify = unitcheck_last(unit, "Type") == "notify"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    if notify:  # as systemd does for Type=notify: a socket only the service's user can write to
+        sock.bind(str(base / "notify"))
+        os.chown(base / "notify", user.pw_uid, user.pw_gid)
+        env["NOTIFY_SOCKET"] = str(base / "notify")
     log = base / "agent.log"
     with log.open("w") as out:
         proc = subprocess.Popen(argv, env=env, user=user.pw_uid, group=user.pw_gid, extra_groups=[],
@@ -274,6 +311,9 @@ def test_pkg_deb_unit_command_runs_agent_and_envoy_as_kuma_dp(installed_deb: Pat
                 time.sleep(0.1)
         assert info is not None, log.read_text()
         assert info["node"]["id"] == "default.pkgtest"
+        if notify:  # systemd would consider the unit started only now
+            got = notifications_from(sock, proc.pid, b"READY=1", timeout=30)
+            assert any(b"READY=1" in m for m in got), (got, log.read_text())
         children = psutil.Process(proc.pid).children(recursive=True)
         envoys = [c for c in children if Path(c.exe()).name == "envoy"]
         assert envoys and all(c.uids().real == user.pw_uid for c in envoys), children
@@ -286,6 +326,7 @@ def test_pkg_deb_unit_command_runs_agent_and_envoy_as_kuma_dp(installed_deb: Pat
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        sock.close()
         shutil.rmtree(base, ignore_errors=True)
 
 
