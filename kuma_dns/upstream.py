@@ -233,13 +233,26 @@ class Forwarder:
         self.cache = Cache(cache_size, max_ttl, max_stale, clock)
         self._inflight: dict[bytes, asyncio.Future[bytes]] = {}
 
+    @staticmethod
+    def _key(query: bytes, info: w.QueryInfo) -> bytes:
+        return info.key + (b"\x10" if query[3] & 0x10 else b"\x00")  # CD changes validating answers
+
+    def lookup_cache(self, query: bytes, info: w.QueryInfo) -> bytes | None:
+        """A fresh cached reply for the client, or None (synchronous: the UDP loop calls it inline)."""
+        cached = self.cache.get(self._key(query, info))
+        if cached is None:
+            return None
+        self.metrics.cache_hits += 1
+        return self._for_client(cached, query, info)
+
     async def resolve(self, query: bytes, info: w.QueryInfo, tcp: bool) -> bytes:
         """The reply for the client (its ID and question bytes, EDNS0 as it asked); SERVFAIL on failure."""
-        key = info.key + (b"\x10" if query[3] & 0x10 else b"\x00")  # CD bit changes validating answers
-        cached = self.cache.get(key)
-        if cached is not None:
-            self.metrics.cache_hits += 1
-            return self._for_client(cached, query, info)
+        hit = self.lookup_cache(query, info)
+        return hit if hit is not None else await self.resolve_upstream(query, info, tcp)
+
+    async def resolve_upstream(self, query: bytes, info: w.QueryInfo, tcp: bool) -> bytes:
+        """After a cache miss: one upstream exchange per distinct question in flight, then the cache."""
+        key = self._key(query, info)
         self.metrics.cache_misses += 1
         fut = self._inflight.get(key)
         if fut is None:

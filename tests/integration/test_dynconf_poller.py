@@ -123,6 +123,7 @@ def test_poller_feeds_dns_and_mesh_names_survive_the_source_outage(
         fetcher.register("/dns", comp.update, comp.not_modified)
         tasks = [asyncio.ensure_future(comp.run()), asyncio.ensure_future(fetcher.run())]
         try:
+            await asyncio.wait_for(comp.ready.wait(), 10)  # listening (the table may arrive before that)
             await asyncio.wait_for(comp.has_records.wait(), 10)
             r = await ask(comp.port, "backend.mesh")
             assert r.answer[0][0].to_text() == "240.0.0.1"

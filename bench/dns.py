@@ -1,0 +1,316 @@
+#!/usr/bin/env python3
+"""Benchmark: `kuma-dp dns` against dnsmasq, same names, same machine, same run (dnsperf drives both).
+
+    bench/dns [--names 1000] [--duration 5] [--rounds 3] [--clients 4] [--p99-qps 20000]
+
+Three workloads, each run against both servers in alternating order for `--rounds` rounds (medians
+reported, which tames a noisy shared machine a little):
+
+* mesh names: 1,000 names with A and AAAA (ours from a `/dns` payload; dnsmasq from an addn-hosts file);
+* cached forwarded names: 1,000 names served by an origin dnsmasq, warmed into both caches first;
+* latency at a fixed rate (`--p99-qps`, default 20k QPS) on mesh names: p50/p99 from dnsperf's per-query log.
+
+Prints QPS, latencies and our/dnsmasq ratios next to the issue's targets (mesh QPS ratio >= 1.0, p99 <= 1 ms
+at 20k QPS, cached forwarded >= 0.8x). It is a benchmark, not a test: it exits 0 unless `--strict` is given
+and a target is missed, or a tool is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A port free for UDP and TCP on 127.0.0.1."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind(("127.0.0.1", 0))
+            port = int(u.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                try:
+                    t.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+
+
+def wait_answering(port: int, name: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run(
+            ["dig", "@127.0.0.1", "-p", str(port), name, "+short", "+time=1", "+tries=1"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        if out and not out.startswith(";"):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"server on port {port} does not answer {name}")
+
+
+@contextmanager
+def process(cmd: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def dnsmasq_cmd(port: int, *args: str) -> list[str]:
+    return [
+        "dnsmasq",
+        "--no-daemon",
+        "--conf-file=/dev/null",
+        "--no-resolv",
+        "--no-hosts",
+        "--user=root",
+        "--pid-file=",
+        "--listen-address=127.0.0.1",
+        "--bind-interfaces",
+        f"--port={port}",
+        *args,
+    ]
+
+
+@dataclass
+class Result:
+    qps: float
+    avg_ms: float
+    lost: float
+
+
+def dnsperf(port: int, datafile: Path, duration: float, clients: int) -> Result:
+    out = subprocess.run(
+        [
+            "dnsperf",
+            "-s",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-d",
+            str(datafile),
+            "-l",
+            str(duration),
+            "-c",
+            str(clients),
+            "-q",
+            "200",
+            "-t",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    qps = float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    avg = float(re.search(r"Average Latency \(s\):\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    lost = float(re.search(r"Queries lost:\s+\d+ \(([\d.]+)%\)", out).group(1))  # type: ignore[union-attr]
+    return Result(qps, avg * 1000, lost)
+
+
+def latency_at_rate(port: int, datafile: Path, qps: int, duration: float) -> tuple[float, float, int]:
+    """p50 and p99 (ms) at a fixed offered rate, from dnsperf's per-query lines; plus non-NOERROR count."""
+    out = subprocess.run(
+        [
+            "dnsperf",
+            "-s",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-d",
+            str(datafile),
+            "-l",
+            str(duration),
+            "-Q",
+            str(qps),
+            "-v",
+            "-t",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    lat = []
+    bad = 0
+    for line in out.splitlines():
+        if line.startswith("> "):
+            parts = line.split()
+            if parts[1] != "NOERROR":
+                bad += 1
+            lat.append(float(parts[-1]) * 1000)
+    lat.sort()
+    if not lat:
+        return float("nan"), float("nan"), bad
+    return lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))], bad
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--names", type=int, default=1000)
+    ap.add_argument("--duration", type=float, default=5.0, help="seconds per dnsperf run")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--p99-qps", type=int, default=20000)
+    ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    args = ap.parse_args()
+    for tool in ("dnsperf", "dnsmasq", "dig"):
+        if not shutil.which(tool):
+            print(
+                f"bench/dns: {tool} not found; install it (apt install dnsperf dnsmasq-base bind9-dnsutils)"
+            )
+            return 2
+
+    tmp = Path(tempfile.mkdtemp(prefix="kdns-bench-"))
+    n = args.names
+    payload = {
+        "records": [
+            {"name": f"svc-{i:05d}.mesh", "ips": [f"240.0.{i // 256}.{i % 256}", f"::ffff:f000:{i:x}"]}
+            for i in range(n)
+        ],
+        "ttl": 30,
+        "extraLabels": {"mesh": "default"},
+    }
+    (tmp / "records.json").write_text(json.dumps(payload))
+    (tmp / "hosts").write_text(
+        "".join(
+            f"240.0.{i // 256}.{i % 256} svc-{i:05d}.mesh\n::ffff:f000:{i:x} svc-{i:05d}.mesh\n"
+            for i in range(n)
+        )
+    )
+    mesh_q = tmp / "mesh.txt"
+    mesh_q.write_text("".join(f"svc-{i:05d}.mesh {'A' if i % 2 else 'AAAA'}\n" for i in range(n)))
+    fwd_q = tmp / "forwarded.txt"
+    fwd_q.write_text("".join(f"e-{i:05d}.example.test A\n" for i in range(1000)))
+    (tmp / "resolv.conf").write_text("nameserver 127.0.0.1\n")
+
+    origin_port, ours_port, peer_port = free_port(), free_port(), free_port()
+    print(f"bench/dns: {n} mesh names; load average before: {loadavg()} (shared machine: numbers are noisy)")
+    with (
+        process(
+            dnsmasq_cmd(origin_port, "--address=/example.test/10.9.9.9", "--local-ttl=3600"),
+            tmp / "origin.log",
+        ),
+        process(
+            [
+                sys.executable,
+                "-m",
+                "kuma_dp",
+                "dns",
+                "--port",
+                str(ours_port),
+                "--records",
+                str(tmp / "records.json"),
+                "--upstream",
+                f"127.0.0.1:{origin_port}",
+                "--resolv-conf",
+                str(tmp / "resolv.conf"),
+                "--log-level",
+                "warning",
+            ],
+            tmp / "ours.log",
+        ),
+        process(
+            dnsmasq_cmd(
+                peer_port,
+                f"--addn-hosts={tmp / 'hosts'}",
+                "--local-ttl=30",
+                "--cache-size=10000",
+                f"--server=127.0.0.1#{origin_port}",
+            ),
+            tmp / "peer.log",
+        ),
+    ):
+        for port in (origin_port, ours_port, peer_port):
+            wait_answering(port, "e-00000.example.test" if port == origin_port else "svc-00001.mesh")
+        # Warm both caches with every forwarded name (one pass, low rate: nothing may be lost).
+        for port in (ours_port, peer_port):
+            subprocess.run(
+                ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(fwd_q), "-n", "1", "-q", "20"],
+                capture_output=True,
+                check=True,
+            )
+        servers = {"kuma-dp dns": ours_port, "dnsmasq": peer_port}
+        results: dict[tuple[str, str], list[Result]] = {}
+        for rnd in range(args.rounds):
+            order = list(servers.items()) if rnd % 2 == 0 else list(reversed(servers.items()))
+            for workload, datafile in (("mesh", mesh_q), ("cached forwarded", fwd_q)):
+                for name, port in order:
+                    results.setdefault((workload, name), []).append(
+                        dnsperf(port, datafile, args.duration, args.clients)
+                    )
+        lat = {
+            name: latency_at_rate(port, mesh_q, args.p99_qps, min(args.duration, 3.0))
+            for name, port in servers.items()
+        }
+
+    def med(workload: str, name: str) -> Result:
+        rs = results[(workload, name)]
+        return Result(
+            statistics.median(r.qps for r in rs),
+            statistics.median(r.avg_ms for r in rs),
+            max(r.lost for r in rs),
+        )
+
+    print(
+        f"load average after: {loadavg()}; {args.rounds} rounds x {args.duration}s, {args.clients} dnsperf clients"
+    )
+    print(f"{'workload':<18} {'server':<12} {'QPS (median)':>13} {'avg ms':>8} {'lost %':>7}   all rounds")
+    ok = True
+    for workload in ("mesh", "cached forwarded"):
+        for name in servers:
+            r = med(workload, name)
+            rounds = ", ".join(f"{x.qps:,.0f}" for x in results[(workload, name)])
+            print(f"{workload:<18} {name:<12} {r.qps:>13,.0f} {r.avg_ms:>8.3f} {r.lost:>7.2f}   [{rounds}]")
+        ratio = med(workload, "kuma-dp dns").qps / med(workload, "dnsmasq").qps
+        target = 1.0 if workload == "mesh" else 0.8
+        hit = ratio >= target
+        ok &= hit
+        print(f"{'':<18} ratio ours/dnsmasq = {ratio:.2f} (target >= {target}) {'OK' if hit else 'MISSED'}")
+    for name, (p50, p99, bad) in lat.items():
+        hit = p99 <= 1.0 or name != "kuma-dp dns"
+        ok &= hit
+        mark = ("OK" if p99 <= 1.0 else "MISSED") if name == "kuma-dp dns" else "(peer)"
+        print(
+            f"latency at {args.p99_qps:,} QPS, mesh, {name:<12} p50 {p50:.3f} ms  p99 {p99:.3f} ms  "
+            f"non-NOERROR {bad}  target p99 <= 1 ms {mark}"
+        )
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 1 if args.strict and not ok else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
