@@ -205,9 +205,10 @@ class _Part:
 class MetricsHijacker(Component):
     """Serves the merged page on `socket_path`; construct with everything it needs, then `run()`.
 
-    Wiring: ``MetricsHijacker(socket_path(workdir, "kuma-mh", name, mesh), admin_address,
-    [ScrapeTarget.from_aggregate(a) for a in sidecar_config["metrics"]["aggregate"]],
-    transparent_proxy=tp_enabled, registry=prometheus_client.REGISTRY, metrics=agent_metrics())``.
+    Direct use: ``MetricsHijacker(socket_path(workdir, "kuma-mh", name, mesh), admin_address,
+    result.metrics_aggregate, transparent_proxy=tp_enabled, registry=prometheus_client.REGISTRY,
+    metrics=agent_metrics())``; inside the agent, `hijacker_component` builds exactly that from its context.
+    `envoy_admin=None` scrapes only the applications.
     """
 
     name = "metrics-hijacker"
@@ -277,12 +278,12 @@ class MetricsHijacker(Component):
     async def handle(self, request: _http.Request) -> tuple[int, dict[str, str], bytes]:
         """One HTTP request: `/meshmetric*` from our registry, anything else the merged page."""
         accept = request.headers.get("accept")
-        await self._refresh_readiness()
         if request.path.startswith("/meshmetric"):
+            await self._refresh_readiness()
             fmt = negotiate(accept)
             body = self._render_registry(fmt)
             return 200, {"content-type": fmt.value}, merge_bodies([body], fmt)
-        parts = await self.scrape(request)
+        parts, _ = await asyncio.gather(self.scrape(request), self._refresh_readiness())
         fmt = select_content_type((p.fmt for p in parts), accept)
         bodies = [p.body for p in parts]
         if self.include_agent_metrics:
