@@ -62,7 +62,9 @@ class SdNotifier:
             self._sock.sendto("\n".join(lines).encode(), self.address)
             return True
         except OSError as exc:
-            log.warning("sd_notify failed", extra={"message": lines[0] if lines else "", "error": str(exc)})
+            log.warning(
+                "sd_notify failed", extra={"notification": lines[0] if lines else "", "error": str(exc)}
+            )
             return False
 
     def close(self) -> None:
