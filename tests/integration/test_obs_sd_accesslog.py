@@ -74,9 +74,13 @@ def test_sd_notify_ready_watchdog_stopping(short_tmp: Path, abstract: bool) -> N
     assert received.index(ready[0]) < next(i for i, m in enumerate(received) if "STOPPING=1" in m)
 
 
-def test_sd_notify_is_a_no_op_without_socket() -> None:
+def test_sd_notify_is_a_no_op_without_socket(short_tmp: Path, caplog: pytest.LogCaptureFixture) -> None:
     n = SdNotifier(environ={})
     assert not n.enabled and n.notify("READY=1") is False
+    gone = SdNotifier(str(short_tmp / "no-such.sock"))  # systemd went away: warn, never raise
+    assert gone.enabled and gone.notify("WATCHDOG=1") is False
+    assert "sd_notify failed" in caplog.text
+    gone.close()
     assert watchdog_interval({"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"}) is None  # another process's
     assert watchdog_interval({}) is None
 
