@@ -1,8 +1,11 @@
-"""A whole `kuma-dp run` (real CLI, real Envoy, a stand-in CP) logging JSON at debug: every line parses and
-the dataplane token appears nowhere, even when the control plane echoes it in an error."""
+"""A whole `kuma-dp run` (real CLI, real Envoy, a stand-in CP) as an operator sees it: the merged metrics
+page on the work-dir socket has Envoy's, the healthy application's and the agent's series while a hanging
+application is skipped and counted; the JSON log at debug parses line by line and never contains the
+dataplane token, even when the control plane echoes it in an error."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -12,9 +15,12 @@ import time
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from kuma_dp.metrics._http import get
 from tests.conftest import free_port
 from tests.helpers.fake_cp import FakeCP, Reply, make_token, minimal_bootstrap_yaml
+from tests.integration.test_obs_envoy import hanging_app, healthy_app
 
 pytestmark = pytest.mark.integration
 
@@ -28,14 +34,41 @@ def _wait_for(predicate, deadline: float) -> bool:  # type: ignore[no-untyped-de
     return False
 
 
-def test_run_json_logs_parse_and_never_contain_the_token(envoy_binary: str, short_tmp: Path) -> None:
+def test_run_metrics_and_json_logs_without_the_token(envoy_binary: str, short_tmp: Path) -> None:
+    with healthy_app() as app, hanging_app() as hanging_port:
+        _scenario(envoy_binary, short_tmp, app.port, hanging_port)
+
+
+def _scrape(sock: str) -> dict[str, object]:
+    async def go() -> bytes:
+        resp = await get(
+            target="/metrics", unix_path=sock, headers={"X-Prometheus-Scrape-Timeout-Seconds": "1"}
+        )
+        assert resp.status == 200
+        return resp.body
+
+    return {f.name: f for f in text_string_to_metric_families(asyncio.run(go()).decode())}
+
+
+def _scenario(envoy_binary: str, short_tmp: Path, app_port: int, hanging_port: int) -> None:
     token = make_token({"Name": "dp-1", "Mesh": "default", "Tags": {}, "secret": "x" * 40})
     log_file = short_tmp / "logs" / "kuma-dp.log"
     admin_port = free_port()
     replies = [
         # A CP that echoes the credential in its error body: the retry log line must not carry it.
         Reply.status_only(500, f"rejected Authorization: Bearer {token}"),
-        Reply.bootstrap(minimal_bootstrap_yaml(admin_port)),
+        Reply.bootstrap(
+            minimal_bootstrap_yaml(admin_port),
+            sidecar={
+                "networking": {"corefileTemplate": None, "address": "127.0.0.1"},
+                "metrics": {
+                    "aggregate": [
+                        {"name": "app", "address": "127.0.0.1", "port": app_port, "path": "/metrics"},
+                        {"name": "stuck", "address": "127.0.0.1", "port": hanging_port, "path": "/m"},
+                    ]
+                },
+            },
+        ),
     ]
     env = {
         **os.environ,
@@ -65,6 +98,13 @@ def test_run_json_logs_parse_and_never_contain_the_token(envoy_binary: str, shor
                 f"agent did not start: {proc.stderr.read1(65536) if exited else b''!r}"
             )
             assert len(cp.requests) >= 2  # the failed attempt was retried
+            families = _scrape(str(short_tmp / "wd" / "kuma-mh-dp-1-default.sock"))
+            assert "envoy_server_live" in families  # Envoy's page
+            assert families["app_orders"].samples[0].value == 7  # type: ignore[attr-defined]
+            failures = families["kuma_dp_metrics_scrape_failures"].samples  # type: ignore[attr-defined]
+            assert [
+                (s.labels["endpoint"], s.labels["reason"]) for s in failures if s.name.endswith("_total")
+            ] == [("stuck", "timeout")]
             proc.send_signal(signal.SIGTERM)
             time.sleep(0.3)
             proc.send_signal(signal.SIGTERM)  # end the drain wait
