@@ -351,7 +351,7 @@ def test_pkg_deb_upgrade_keeps_config_remove_keeps_tokens_purge_deletes(installe
 
     run("dpkg", "--purge", "kuma-dp")
     assert not Path("/etc/kuma-dp").exists()
-    run("dpkg", "-i", str(installed_deb))  # leave the module's fixture as it found it, whatever the test order
+    run("dpkg", "-i", str(installed_deb))  # back to the fixture's state, whatever the test order
 
 
 def test_pkg_rpm_metadata(packages: dict[str, Path]) -> None:
