@@ -366,6 +366,10 @@ def test_pkg_rpm_metadata(packages: dict[str, Path]) -> None:
     requires = run("rpm", "-qpR", rpm).stdout.split("\n")
     assert f"/usr/bin/python{PY}" in requires
     assert run("rpm", "-qp", "--configfiles", rpm).stdout.split() == ["/etc/kuma-dp/example.env"]
+    flags = run("rpm", "-qp", "--qf", "[%{FILEFLAGS:fflags} %{FILEMODES:perms} %{FILENAMES}\n]", rpm).stdout
+    # %config(noreplace): an upgrade leaves an edited file alone and writes the new one as .rpmnew.
+    assert "cn -rw------- /etc/kuma-dp/example.env\n" in flags
+    assert " drwx------ /etc/kuma-dp\n" in flags
     scripts = run("rpm", "-qp", "--scripts", rpm).stdout
     assert "postinstall scriptlet" in scripts and "useradd --system --uid 5678" in scripts
     assert run("rpm", "-qp", "--qf", "%{NAME} %{VERSION} %{ARCH}", rpm).stdout == f"kuma-dp {VERSION} x86_64"
