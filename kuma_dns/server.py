@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from . import _wire as w
 from .metrics import DNSMetrics
-from .table import Answer, MeshTable, TableStore, build_answer
+from .table import MESH_SUFFIX, Answer, MeshTable, TableStore, build_answer
 from .upstream import Forwarder
 
 log = logging.getLogger("kuma_dns.server")
@@ -113,6 +113,58 @@ class DNSServer:
         m.rcodes["noerror"] += 1
         m.request_duration.observe(time.perf_counter() - start)
         return resp
+
+    def answer_cached(self, data: bytes) -> bytes | None:
+        """Reply bytes for a plain query whose answer is fresh in the upstream cache, else None.
+
+        Same shape checks as `answer_local`; the name must not be a mesh name (the table wins, even over an
+        answer cached before the name joined the mesh). The reply must fit the client's UDP size.
+        """
+        fwd = self.forwarder
+        if fwd is None or len(data) < 17 or data[2] & 0xFE or data[4:10] != b"\x00\x01\x00\x00\x00\x00":
+            return None
+        start = time.perf_counter()
+        e = data.find(b"\x00", 12)
+        if e < 0:
+            return None
+        qend = e + 5
+        n = len(data)
+        ar = data[10:12]
+        if ar == b"\x00\x00":
+            if n != qend:
+                return None
+            edns = False
+            limit = w.CLASSIC_UDP_SIZE
+            do = b"\x00"
+        elif (
+            ar == b"\x00\x01"
+            and data[qend : qend + 3] == _OPT_HEAD
+            and n >= qend + 11
+            and data[qend + 6] == 0
+        ):
+            if n != qend + 11 + ((data[qend + 9] << 8) | data[qend + 10]):
+                return None
+            edns = True
+            limit = max(w.CLASSIC_UDP_SIZE, (data[qend + 3] << 8) | data[qend + 4])
+            do = b"\x01" if data[qend + 7] & 0x80 else b"\x00"
+        else:
+            return None
+        name = data[12 : e + 1].lower()
+        table = self._table
+        if name in table.wire_names or (table.loaded and name.endswith(MESH_SUFFIX)):
+            return None
+        cached = fwd.cache.get(
+            name + data[e + 1 : qend] + do + (b"\x10" if data[3] & 0x10 else b"\x00"), edns=edns
+        )
+        if cached is None or len(cached) > limit:
+            return None
+        m = self.metrics
+        m.cache_hits += 1
+        qtype = data[e + 2] if data[e + 1] == 0 else 255
+        m.queries[0 if qtype == w.QTYPE_A else 1 if qtype == w.QTYPE_AAAA else 2][1] += 1
+        m.rcode(cached[3] & 0x0F)
+        m.request_duration.observe(time.perf_counter() - start)
+        return data[0:2] + cached[2:12] + data[12:qend] + cached[qend:]
 
     # -- full path ----------------------------------------------------------------------------------------
 
@@ -361,6 +413,7 @@ class _UDPReader:
         sendto = self.sock.sendto
         answer = self.answer
         server = self.server
+        cached = server.answer_cached
         for _ in range(self.BATCH):
             try:
                 data, addr = recvfrom(65535)
@@ -368,7 +421,7 @@ class _UDPReader:
                 return
             except OSError:
                 continue  # ICMP errors queued on the socket for earlier replies
-            resp = answer(data)
+            resp = answer(data) or cached(data)
             if resp is not None:
                 try:
                     sendto(resp, addr)

@@ -140,6 +140,7 @@ class CacheEntry:
     # Memo of the TTL-adjusted bytes for the current second (most hits land in the same second).
     memo_elapsed: int = -1
     memo: bytes = b""
+    memo_noopt: bytes | None = None  # memo without OPT, for clients that sent no EDNS0
 
 
 class Cache:
@@ -178,8 +179,12 @@ class Cache:
         while len(self.entries) > self.size:
             self.entries.popitem(last=False)
 
-    def get(self, key: bytes, allow_stale: bool = False, stale_ttl: int = 30) -> bytes | None:
-        """The cached reply, TTLs counted down; expired ones only with `allow_stale` (TTL `stale_ttl`)."""
+    def get(
+        self, key: bytes, allow_stale: bool = False, stale_ttl: int = 30, edns: bool = True
+    ) -> bytes | None:
+        """The cached reply, TTLs counted down, OPT kept only for `edns` clients; expired entries only with
+        `allow_stale` (TTL `stale_ttl`). Fresh replies are memoised per second: a hit is a dict lookup.
+        """
         entry = self.entries.get(key)
         if entry is None:
             return None
@@ -189,11 +194,17 @@ class Cache:
                 if elapsed > entry.ttl + self.max_stale:
                     del self.entries[key]
                 return None
-            return self._adjusted(entry, None, stale_ttl)
+            stale = self._adjusted(entry, None, stale_ttl)
+            return stale if edns else w.strip_additional_opt(stale)
         if entry.memo_elapsed != elapsed:
             entry.memo = self._adjusted(entry, elapsed, 0)
+            entry.memo_noopt = None
             entry.memo_elapsed = elapsed
-        return entry.memo
+        if edns:
+            return entry.memo
+        if entry.memo_noopt is None:
+            entry.memo_noopt = w.strip_additional_opt(entry.memo)
+        return entry.memo_noopt
 
     @staticmethod
     def _adjusted(entry: CacheEntry, elapsed: int | None, fixed: int) -> bytes:
@@ -239,11 +250,11 @@ class Forwarder:
 
     def lookup_cache(self, query: bytes, info: w.QueryInfo) -> bytes | None:
         """A fresh cached reply for the client, or None (synchronous: the UDP loop calls it inline)."""
-        cached = self.cache.get(self._key(query, info))
+        cached = self.cache.get(self._key(query, info), edns=info.edns)
         if cached is None:
             return None
         self.metrics.cache_hits += 1
-        return self._for_client(cached, query, info)
+        return query[0:2] + cached[2:12] + query[12 : info.qend] + cached[info.qend :]
 
     async def resolve(self, query: bytes, info: w.QueryInfo, tcp: bool) -> bytes:
         """The reply for the client (its ID and question bytes, EDNS0 as it asked); SERVFAIL on failure."""
@@ -262,11 +273,11 @@ class Forwarder:
         try:
             upstream_reply = await asyncio.shield(fut)
         except UpstreamError:
-            stale = self.cache.get(key, allow_stale=True, stale_ttl=self.stale_ttl)
+            stale = self.cache.get(key, allow_stale=True, stale_ttl=self.stale_ttl, edns=info.edns)
             if stale is not None:
                 self.metrics.stale_served += 1
                 log.info("dns: upstream failed, serving stale answer for %s", w.wire_to_text(info.key[:-5]))
-                return self._for_client(stale, query, info)
+                return query[0:2] + stale[2:12] + query[12 : info.qend] + stale[info.qend :]
             return w.error_response(query, w.RCODE_SERVFAIL, info.qend, info.edns)
         return self._for_client(upstream_reply, query, info)
 
