@@ -35,6 +35,8 @@ def _read_token(path: str) -> str:
         )
     if not token:
         _fail(f"--auth-token-file {path}: the file is empty; put the dataplane token in it")
+    if os.stat(path).st_mode & 0o077:
+        log.warning("--auth-token-file %s is readable by group or others; chmod 600 it", path)
     return token
 
 
@@ -89,6 +91,11 @@ async def serve(cp: object, ready_file: str | None) -> None:
     "--tls-cert-file", default="", help="Serve TLS with this certificate (PEM); also sent as the CA."
 )
 @click.option("--tls-key-file", default="", help="Key of --tls-cert-file (PEM).")
+@click.option(
+    "--tls-ca-file",
+    default="",
+    help="CA for bootstraps whose kuma-dp sent no --ca-cert-file (default: the certificate).",
+)
 @click.option("--ready-file", default="", help="Write {url, port, pid} as JSON here once serving.")
 @click.option("--log-level", type=click.Choice(["info", "debug"]), default="info", show_default=True)
 def dev_cp(
@@ -98,6 +105,7 @@ def dev_cp(
     auth_token_file: str,
     tls_cert_file: str,
     tls_key_file: str,
+    tls_ca_file: str,
     ready_file: str,
     log_level: str,
 ) -> None:
@@ -119,7 +127,13 @@ def dev_cp(
         logs.add_secret(token)
     if bool(tls_cert_file) != bool(tls_key_file):
         _fail("--tls-cert-file and --tls-key-file go together; give both or neither")
-    tls = TlsConfig(tls_cert_file, tls_key_file) if tls_cert_file else None
+    if tls_ca_file and not tls_cert_file:
+        _fail("--tls-ca-file needs --tls-cert-file and --tls-key-file")
+    for flag, path in (("--tls-cert-file", tls_cert_file), ("--tls-key-file", tls_key_file),
+                       ("--tls-ca-file", tls_ca_file)):  # fmt: skip
+        if path and not Path(path).is_file():
+            _fail(f"{flag} {path}: no such file; give a PEM file")
+    tls = TlsConfig(tls_cert_file, tls_key_file, tls_ca_file) if tls_cert_file else None
     cp = DevControlPlane(store, host=address, port=port, token=token, tls=tls)
     try:
         asyncio.run(serve(cp, ready_file or None))

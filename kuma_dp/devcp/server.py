@@ -28,6 +28,9 @@ H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 class TlsConfig:
     cert_file: str
     key_file: str
+    #: The CA put in bootstraps whose request has no `caCert` (kuma-cp: its DP-server certificate); default:
+    #: the certificate itself, right for a self-signed one.
+    ca_file: str = ""
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -84,15 +87,26 @@ class DevControlPlane:
             ssl_ctx.set_alpn_protocols(["h2", "http/1.1"])
         self._front = await asyncio.start_server(self._route, self.host, self.port, ssl=ssl_ctx)
         self.port = int(self._front.sockets[0].getsockname()[1])
+        cert_pem = Path(self.tls.cert_file).read_text() if self.tls else None
+        ca_pem = Path(self.tls.ca_file).read_text() if self.tls and self.tls.ca_file else cert_pem
         params = RenderParams(
             xds_host=self.host,
             xds_port=self.port,
             xds_tls=self.tls is not None,
-            ca_cert_pem=Path(self.tls.cert_file).read_text() if self.tls else None,
+            ca_cert_pem=ca_pem,
             # No HealthDiscoveryService here: without hdsConfig Envoy does not retry a stream nobody serves.
             hds_enabled=False,
         )
-        service = BootstrapService(store=self.store, params=params, auth_enabled=self.token is not None)
+        # Listening on every address: like kuma-cp, tell each proxy the host it used to reach us (and, with
+        # TLS, refuse one that is not in the certificate's SANs).
+        wildcard = self.host in ("0.0.0.0", "::")
+        service = BootstrapService(
+            store=self.store,
+            params=params,
+            auth_enabled=self.token is not None,
+            xds_host_from_request=wildcard,
+            server_cert_pem=cert_pem if wildcard else None,
+        )
         self._bootstrap = await asyncio.to_thread(start_bootstrap_server, service, "127.0.0.1", 0)
         log.info(
             "dev control plane listening url=%s (bootstrap and ADS) meshes=%s", self.url, self.store.meshes

@@ -144,3 +144,20 @@ def test_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
         )
     assert done.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in done.stderr and "--port" in done.stderr
+
+
+def test_wildcard_address_tells_each_proxy_the_host_it_used(tmp_path: Path, procs: list) -> None:
+    import httpx
+    import yaml
+
+    cp = DevCp(tmp_path, "--address", "0.0.0.0")
+    procs.append(cp.proc)
+    port = cp.url.rsplit(":", 1)[1]
+    resource = json.loads(_dataplane("wild", free_port()))
+    body = {"mesh": "default", "name": "wild", "dataplaneResource": json.dumps(resource), "workdir": "/tmp"}
+    resp = httpx.post(f"http://127.0.0.1:{port}/bootstrap", json=body, timeout=10)
+    assert resp.status_code == 200, resp.text
+    clusters = yaml.safe_load(resp.text)["staticResources"]["clusters"]
+    ads = next(c for c in clusters if c["name"] == "ads_cluster")
+    address = ads["loadAssignment"]["endpoints"][0]["lbEndpoints"][0]["endpoint"]["address"]["socketAddress"]
+    assert address == {"address": "127.0.0.1", "portValue": int(port)}
