@@ -262,11 +262,20 @@ def resolve_backend(demo: Demo) -> tuple[str, str]:
     from kuma_dp.devcp.xds import DYNCONF_SOCKET, socket_path
 
     web = demo.sidecars["web"]
-    with contextlib.suppress(OSError, Exception):
-        ips = dns_query(web.dns_port, "backend.mesh")
+    # The agent's DNS server gets its records from the same /dns payload (polled every second): give it a
+    # few seconds once it answers at all; fall back to the payload only if nothing listens there.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            ips = dns_query(web.dns_port, "backend.mesh")
+        except OSError:  # refused or timed out: no DNS server on that port
+            break
+        except Exception:  # an answer dnslib cannot parse: not ours to wait for
+            break
         if ips:
             demo.dns_live = True
             return ips[0], f"agent DNS server 127.0.0.1:{web.dns_port} (UDP), A record"
+        time.sleep(0.2)
 
     sock = socket_path(str(web.workdir), DYNCONF_SOCKET)
 
