@@ -103,3 +103,10 @@ def test_state_file_errors_name_the_entry(tmp_path: Path) -> None:
         load_state(path)
     with pytest.raises(StateError, match="cannot read"):
         load_state(tmp_path / "missing.yaml")
+
+
+def test_the_shipped_example_state_file_loads() -> None:
+    store = load_state(Path(__file__).resolve().parents[2] / "kuma_dp/devcp/example-state.yaml")
+    assert store.mesh_exists("demo")
+    assert sorted(store.services("default")) == ["backend", "legacy-db"]
+    assert store.get_dataplane("default", "backend-1").inbounds[0].service_port == 8080
