@@ -80,7 +80,10 @@ async def serve(cp: object, ready_file: str | None) -> None:
     help="Port for /bootstrap and ADS together (0: any free port).",
 )
 @click.option(
-    "--state", "state_file", default="", help="YAML file with meshes, dataplanes and services to start with."
+    "--state",
+    "state_file",
+    default="",
+    help="YAML file with meshes, dataplanes and services (example: kuma_dp/devcp/example-state.yaml).",
 )
 @click.option(
     "--auth-token-file",
