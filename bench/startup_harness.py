@@ -88,6 +88,7 @@ def run(bootstrap: Path, readiness_port: int, drain_time: float, dns_gate: bool,
     cfg.dataplane_runtime.binary_path = binary
     cfg.dataplane_runtime.concurrency = 1
     cfg.log.level = "info"
+    cfg.dns.enabled = False  # the agent alone: the DNS proxy has its own bench (bench/dns.py)
     specs = []
     if dns_gate:
 

@@ -12,6 +12,7 @@ Public API (helper A's `run` command ends with it)::
         before_envoy: Iterable[ComponentSpec] = (),      # e.g. the DNS proxy
         extra_components: Iterable[ComponentSpec] = (),  # after Envoy, before the readiness reporter
         envoy_binary: str | None = None,     # resolved Envoy (else found from dataplane_runtime.binary_path)
+        sidecar_config: dict | None = None,  # the CP's kumaSidecarConfiguration (metrics.aggregate, ...)
     ) -> int
 
 A `ComponentSpec` is a `kuma_dp.component.Component` or a factory `(AgentContext) -> Component | None`
@@ -72,12 +73,21 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kuma-dp.agent")
 
-#: Components started before Envoy (Kuma: the DNS proxy), as "module:factory";
-#: factory(ctx) -> Component | None.
-BEFORE_ENVOY: list[str] = []
-#: Components started after Envoy, before the readiness reporter, in Kuma's order (config fetcher, access-log
-#: streamer, metrics hijacker, ...). Same form as BEFORE_ENVOY.
-AFTER_ENVOY: list[str] = []
+#: Components started before Envoy, as "module:factory"; factory(ctx) -> Component | None. The DNS proxy (as
+#: Kuma), and the access-log FIFO, which must exist before Envoy opens its path or Envoy creates a regular
+#: file there and the logs go nowhere.
+BEFORE_ENVOY: list[str] = [
+    "kuma_dns.component:from_agent",
+    "kuma_dp.accesslog:streamer_component",
+]
+#: Components started after Envoy, before the readiness reporter, in Kuma's order (config fetcher, metrics
+#: hijacker), then ours (start-up phase observer, systemd notifier). Same form as BEFORE_ENVOY.
+AFTER_ENVOY: list[str] = [
+    "kuma_dp.dynconf:from_agent",
+    "kuma_dp.metrics._wiring:hijacker_component",
+    "kuma_dp.metrics:startup_observer_component",
+    "kuma_dp.sdnotify:notifier_component",
+]
 
 
 @dataclass
@@ -92,6 +102,11 @@ class AgentContext:
     envoy: EnvoyComponent | None = None
     #: Called with every Envoy exit code (agent metrics).
     envoy_exit_hooks: list[Callable[[int], None]] = field(default_factory=list)
+    #: The control plane's `kumaSidecarConfiguration` (metrics.aggregate for the hijacker); {} when local.
+    sidecar_config: dict[str, Any] = field(default_factory=dict)
+    #: Dynamic-config path -> handler (or (handler, not_modified)), filled by components started before the
+    #: config fetcher (the DNS proxy puts "/dns" here) and registered by it.
+    dynconf_handlers: dict[str, Any] = field(default_factory=dict)
 
     def enable_dns_gate(self) -> asyncio.Event:
         """For the DNS component's factory: `/ready` says NOT_READY until the returned event is set
@@ -319,6 +334,7 @@ def _build(
     before_envoy: Iterable[ComponentSpec],
     extra_components: Iterable[ComponentSpec],
     envoy_binary: str | None,
+    sidecar_config: dict[str, Any] | None = None,
 ) -> tuple[Agent, ReadinessReporter]:
     admin_address = admin_address_from_bootstrap(load_bootstrap(bootstrap))
     rt = cfg.dataplane_runtime
@@ -328,6 +344,7 @@ def _build(
         work_dir=Path(rt.work_dir) if rt.work_dir else bootstrap.parent,
         admin=AdminClient(admin_address),
         readiness=ReadinessState(),
+        sidecar_config=sidecar_config or {},
     )
     host = readiness_bind_host(admin_address, on_kubernetes="POD_NAME" in os.environ)
     sock = bind_readiness_socket(host, cfg.dataplane.readiness_port)
@@ -376,6 +393,7 @@ async def run_agent(
     before_envoy: Iterable[ComponentSpec] = (),
     extra_components: Iterable[ComponentSpec] = (),
     envoy_binary: str | None = None,
+    sidecar_config: dict[str, Any] | None = None,
 ) -> int:
     """Run Envoy and the side components until Envoy exits or a signal ends the run; returns the exit code.
 
@@ -391,6 +409,7 @@ async def run_agent(
             before_envoy=before_envoy,
             extra_components=extra_components,
             envoy_binary=envoy_binary,
+            sidecar_config=sidecar_config,
         )
     except (ReadinessPortError, EnvoyNotFoundError, AdminError, OSError) as exc:
         log.error("%s", exc)

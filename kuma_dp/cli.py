@@ -1,8 +1,8 @@
 """The `kuma-dp` command line.
 
-Sub-commands are imported lazily: `kuma-dp run` must not pay (in start-up time and RSS) for grpc, pyroute2 or
-the development control plane it never uses. Each sub-command lives in the package that owns it; this module only
-maps names to `module:attribute` paths.
+Sub-commands are imported lazily: `kuma-dp run` must not pay (in start-up time and RSS) for grpc, pyroute2
+or the development control plane it never uses. Each sub-command lives in the package that owns it; this
+module only maps names to `module:attribute` paths.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Filesystem helpers shared by every component.
 
 Files the agent writes (bootstrap.yaml, tokens, the persisted DNS table, rule backups) must never be seen
-half-written by Envoy, by a restarted agent, or by an operator: write a temp file in the same directory, fsync,
-then rename over the target.
+half-written by Envoy, by a restarted agent, or by an operator: write a temp file in the same directory,
+fsync, then rename over the target.
 """
 
 from __future__ import annotations

@@ -12,7 +12,6 @@ Flags mirror Go's pflag: booleans accept `--flag`, `--flag=true|false`; duration
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import os
@@ -37,9 +36,6 @@ from kuma_dp.config import (
 )
 
 log = logging.getLogger("kuma-dp.run")
-
-#: The agent's "module:factory" name of the metrics hijacker (see _run_async).
-HIJACKER_FACTORY = "kuma_dp.metrics._wiring:hijacker_component"
 
 
 class RunError(Exception):
@@ -341,22 +337,10 @@ async def _run_async(cfg: RunConfig, request: dict[str, Any], work_dir: Path, en
             raise RunError(f"{FETCH_FAILED_PREFIX} {exc}") from None
         log.info("received bootstrap configuration")
     path = write_bootstrap(work_dir, result)
-    try:
-        from kuma_dp.agent import AFTER_ENVOY, run_agent
-    except ImportError:
-        raise RunError("the agent runtime (kuma_dp.agent) is not available in this build") from None
-    extra: list[Any] = []
-    # The metrics hijacker needs the response's kumaSidecarConfiguration.metrics.aggregate, which only this
-    # command has; wire it here unless the agent already lists it (then it runs without the aggregate).
-    if HIJACKER_FACTORY not in AFTER_ENVOY:
-        try:
-            from kuma_dp.metrics._wiring import hijacker_component
-        except ImportError:
-            pass
-        else:
-            extra.append(functools.partial(hijacker_component, aggregate=result.metrics_aggregate))
+    from kuma_dp.agent import run_agent
+
     log.info("starting Kuma DP version=%s", request["version"]["kumaDp"].get("version", ""))
-    return await run_agent(cfg, path, envoy_binary=envoy_binary, extra_components=extra)
+    return await run_agent(cfg, path, envoy_binary=envoy_binary, sidecar_config=result.sidecar_config)
 
 
 def execute(cfg: RunConfig) -> int:

@@ -33,14 +33,19 @@ def _uses_transparent_proxy(ctx: AgentContext) -> bool:
 
 
 def hijacker_component(
-    ctx: AgentContext, aggregate: Sequence[Mapping[str, Any]] = (), *, metrics: AgentMetrics | None = None
+    ctx: AgentContext,
+    aggregate: Sequence[Mapping[str, Any]] | None = None,
+    *,
+    metrics: AgentMetrics | None = None,
 ) -> MetricsHijacker:
-    """The hijacker on `<workdir>/kuma-mh-<name>-<mesh>.sock`; `aggregate` is the bootstrap response's
-    `metrics_aggregate` (bind it with functools.partial). Serves prometheus_client's default REGISTRY under
-    /meshmetric, where kuma_dns and `agent_metrics()` register."""
+    """The hijacker on `<workdir>/kuma-mh-<name>-<mesh>.sock`; `aggregate` defaults to the control plane's
+    `kumaSidecarConfiguration.metrics.aggregate` (from the agent context). Serves prometheus_client's default
+    REGISTRY under /meshmetric, where kuma_dns and `agent_metrics()` register."""
     from kuma_dp.readiness import evaluate
 
     metrics = metrics or agent_metrics()
+    if aggregate is None:
+        aggregate = (ctx.sidecar_config.get("metrics") or {}).get("aggregate") or ()
 
     async def readiness_state() -> str:
         if ctx.readiness.terminating:

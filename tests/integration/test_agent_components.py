@@ -42,6 +42,7 @@ def make_cfg(work: Path, envoy_binary: str) -> tuple[RunConfig, Path]:
     cfg.dataplane_runtime.work_dir = str(work)
     cfg.dataplane_runtime.binary_path = envoy_binary
     cfg.dataplane_runtime.concurrency = 1
+    cfg.dns.enabled = False  # the DNS proxy is tested on its own (tests/*/test_dns_*, test_dynconf_*)
     return cfg, bootstrap
 
 

@@ -5,7 +5,6 @@ STOPPING=1 when SIGTERM starts the drain, Envoy's exit counted."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import os
 import signal
@@ -18,9 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from kuma_dp.agent import AgentContext, run_agent
 from kuma_dp.component import Component
 from kuma_dp.config import RunConfig
-from kuma_dp.metrics import AgentMetrics, hijacker_component, socket_path, startup_observer_component
+from kuma_dp.metrics import agent_metrics, socket_path
 from kuma_dp.metrics._http import get
-from kuma_dp.sdnotify import notifier_component
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
@@ -37,6 +35,7 @@ def make_cfg(work: Path, envoy_binary: str) -> tuple[RunConfig, Path]:
     cfg.dataplane_runtime.work_dir = str(work)
     cfg.dataplane_runtime.binary_path = envoy_binary
     cfg.dataplane_runtime.concurrency = 1
+    cfg.dns.enabled = False  # the DNS proxy is tested on its own (tests/*/test_dns_*, test_dynconf_*)
     return cfg, bootstrap
 
 
@@ -86,19 +85,16 @@ def test_agent_with_observability_factories(
     monkeypatch.setenv("NOTIFY_SOCKET", sd_path)
     monkeypatch.setenv("WATCHDOG_USEC", "200000")
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
-    metrics = AgentMetrics()
+    metrics = agent_metrics()  # process-wide: other in-process agents may have counted exits before
+    exits_before = metrics.envoy_exits.labels(code="0")._value.get()
     seen: dict[str, object] = {}
     try:
         code = asyncio.run(
             run_agent(
                 cfg,
                 bootstrap,
-                extra_components=[
-                    functools.partial(startup_observer_component, metrics=metrics),
-                    functools.partial(hijacker_component, aggregate=[], metrics=metrics),
-                    notifier_component,
-                    lambda ctx: Driver(ctx, sd, seen),
-                ],
+                # The agent's own wiring (AFTER_ENVOY) brings the observer, hijacker and notifier.
+                extra_components=[lambda ctx: Driver(ctx, sd, seen)],
             )
         )
         after: list[str] = []
@@ -124,5 +120,5 @@ def test_agent_with_observability_factories(
     }
     assert state["READY"] == 1
     exits = metrics.envoy_exits.labels(code="0")._value.get()
-    assert exits == 1  # the hook saw Envoy's clean exit after SIGTERM
+    assert exits - exits_before == 1  # the hook saw Envoy's clean exit after SIGTERM
     assert not Path(socket_path(short_tmp, "kuma-mh", "dp-1", "default")).exists()
