@@ -116,6 +116,7 @@ class _TypeState:
     version: str | None = None  # SotW: version of the last response
     nonce: str = ""
     sent: dict[str, str] = field(default_factory=dict)  # Delta: name -> version the client should hold
+    acked: dict[str, str] = field(default_factory=dict)  # Delta: what the client confirmed holding
 
 
 class _Stream:
@@ -390,11 +391,16 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 request.response_nonce,
                 request.error_detail.message,
             )
+            if delta and request.response_nonce == st.nonce:
+                # Envoy kept what it had: diff the next push against that, not against what it refused.
+                st.sent = dict(st.acked)
             self._apply_names(st, request, delta, first)
             st.requested = True
             return None
         if request.response_nonce:
             log.debug("xds ACK node=%s type=%s nonce=%s", stream.node_id, type_url, request.response_nonce)
+            if delta and request.response_nonce == st.nonce:
+                st.acked = dict(st.sent)
         self._apply_names(st, request, delta, first)
         st.requested = True
         if delta:
@@ -411,6 +417,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         unsubscribe = set(request.resource_names_unsubscribe)
         if first:
             st.sent.update(request.initial_resource_versions)
+            st.acked.update(request.initial_resource_versions)
             st.names = None if not subscribe or "*" in subscribe else set()
         elif "*" in subscribe:
             st.names = None
@@ -420,6 +427,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             st.names = (st.names | subscribe) - unsubscribe - {"*"}
         for name in unsubscribe:
             st.sent.pop(name, None)
+            st.acked.pop(name, None)
 
     @staticmethod
     def _log_send(stream: _Stream, response: Any) -> None:

@@ -241,3 +241,31 @@ REDIRECT = {"outbound": {"enabled": True, "port": 15001}, "inbound": {"enabled":
 def test_proxy_from_node_metadata(extra: dict[str, Any], transparent: bool, dual: bool) -> None:
     proxy = proxy_from_node(_node(_resource("a", "a", 1), **extra), Store())
     assert proxy.workdir == "/w" and proxy.transparent is transparent and proxy.dual_stack is dual
+
+
+def test_delta_nack_then_change_resends_what_was_refused() -> None:
+    store = Store()
+
+    async def body(server: AdsServer, channel: grpc.aio.Channel) -> None:
+        web = Client(channel, delta=True)
+        node = _node(_resource("web-1", "web", 20000, outbound="backend"))
+        await web.send(discovery_pb2.DeltaDiscoveryRequest(node=node, type_url=xds.LISTENER_TYPE))
+        lds = await web.recv()
+        assert len(lds.resources) == 3
+        nack = discovery_pb2.DeltaDiscoveryRequest(type_url=xds.LISTENER_TYPE, response_nonce=lds.nonce)
+        nack.error_detail.message = "refused for the test"
+        await web.send(nack)
+        assert await web.nothing()  # a NACK alone re-sends nothing
+        store.register(parse_dataplane(_resource("backend-1", "backend", 30000)))
+        again = await web.recv()
+        # Envoy holds none of the refused listeners, so the next push carries all of them, not just the diff.
+        assert sorted(r.name for r in again.resources) == sorted(r.name for r in lds.resources)
+        await web.send(
+            discovery_pb2.DeltaDiscoveryRequest(type_url=xds.LISTENER_TYPE, response_nonce=again.nonce)
+        )
+        store.unregister(("default", "backend-1"))
+        diff = await web.recv()
+        assert [r.name for r in diff.resources] == ["_kuma:dynamicconfig"]  # after an ACK: only the change
+        await web.close()
+
+    asyncio.run(_with_server(store, body))
