@@ -332,7 +332,7 @@ def generate(proxy: Proxy, services: Mapping[str, Service], vips: Mapping[str, s
         if service not in snap.resources[CLUSTER_TYPE]:
             eds = {"edsConfig": {"ads": {}, "resourceApiVersion": "V3"}}
             snap.add(CLUSTER_TYPE, _cluster(service, protocol, type="EDS", edsClusterConfig=eds))
-            endpoints = [(e.address, e.port) for e in svc.endpoints if e.dataplane != dp.key] if svc else []
+            endpoints = [(e.address, e.port) for e in svc.endpoints] if svc else []
             snap.add(ENDPOINT_TYPE, _load_assignment(service, endpoints))
         name = f"outbound:{address}:{port}"
         filt = _network_filter(service, service, protocol, service)
