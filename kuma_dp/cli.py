@@ -47,9 +47,25 @@ class LazyGroup(click.Group):
         return command
 
 
+#: Kuma's root (persistent) flags. Go accepts them before or after the sub-command; the sub-commands that log
+#: declare them too, and values given before the sub-command become those options' defaults.
+ROOT_LOG_FLAGS = ("log_level", "log_output_path", "log_max_size", "log_max_retained_files", "log_max_age",
+                  "log_format")  # fmt: skip
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-def cli() -> None:
+@click.option("--log-level", default=None, help="off, info or debug (also accepted after the sub-command).")
+@click.option("--log-output-path", default=None, help="Log file, rotated by size.")
+@click.option("--log-max-size", type=click.IntRange(min=1), default=None, help="Megabytes before rotation.")
+@click.option("--log-max-retained-files", type=click.IntRange(min=0), default=None)
+@click.option("--log-max-age", type=click.IntRange(min=0), default=None, help="Days to keep rotated files.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default=None)
+@click.pass_context
+def cli(ctx: click.Context, **root_flags: Any) -> None:
     """Dataplane agent for the Kuma service mesh (Python implementation)."""
+    given = {k: v for k, v in root_flags.items() if v is not None}
+    if given:
+        ctx.default_map = {name: dict(given) for name in SUBCOMMANDS}
 
 
 def main() -> None:
