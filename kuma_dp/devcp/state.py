@@ -48,6 +48,10 @@ class Inbound:
     address: str
     service_address: str
     tags: Mapping[str, str]
+    #: `state` (Ready/NotReady/Ignored) folded with `health.ready`: only ready inbounds are endpoints.
+    ready: bool = True
+    #: `state: Ignored`: not part of the mesh at all (no endpoint, no VIP).
+    ignored: bool = False
 
     @property
     def service(self) -> str:
@@ -178,6 +182,11 @@ def parse_dataplane(resource: Mapping[str, Any] | str, *, mesh: str = "", name: 
         if SERVICE_TAG not in tags or not tags[SERVICE_TAG]:
             raise StateError(f'{what}.tags["{SERVICE_TAG}"]: tag has to exist')
         port = _port(raw.get("port"), what)
+        state = str(raw.get("state") or "Ready")
+        if state not in ("Ready", "NotReady", "Ignored"):
+            raise StateError(f"{what}.state: must be one of Ready, NotReady, Ignored, got {state!r}")
+        health = _require_mapping(raw.get("health"), f"{what}.health")
+        ready = state == "Ready" and health.get("ready", True) is not False
         inbounds.append(
             Inbound(
                 port=port,
@@ -185,6 +194,8 @@ def parse_dataplane(resource: Mapping[str, Any] | str, *, mesh: str = "", name: 
                 address=str(raw.get("address") or address),
                 service_address=str(raw.get("serviceAddress") or raw.get("address") or address),
                 tags=tags,
+                ready=ready,
+                ignored=state == "Ignored",
             )
         )
     outbounds: list[Outbound] = []
@@ -293,8 +304,11 @@ class Store:
         protocols: dict[str, str] = {}
         for dp in self.dataplanes(mesh):
             for inbound in dp.inbounds:
-                ep = Endpoint(inbound.address, inbound.port, dp.key)
-                endpoints.setdefault(inbound.service, []).append(ep)
+                if inbound.ignored:
+                    continue
+                eps = endpoints.setdefault(inbound.service, [])
+                if inbound.ready:
+                    eps.append(Endpoint(inbound.address, inbound.port, dp.key))
                 protocols.setdefault(inbound.service, inbound.protocol)
         for svc in extra:
             endpoints.setdefault(svc.name, []).extend(svc.endpoints)

@@ -306,6 +306,8 @@ def generate(proxy: Proxy, services: Mapping[str, Service], vips: Mapping[str, s
     own = set(dp.services)
     # Inbound: Envoy listens where the Dataplane says and hands traffic to the local app.
     for inbound in dp.inbounds:
+        if inbound.ignored:
+            continue
         cluster = f"localhost:{inbound.service_port}"
         snap.add(
             CLUSTER_TYPE,

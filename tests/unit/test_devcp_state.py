@@ -110,3 +110,23 @@ def test_the_shipped_example_state_file_loads() -> None:
     assert store.mesh_exists("demo")
     assert sorted(store.services("default")) == ["backend", "legacy-db"]
     assert store.get_dataplane("default", "backend-1").inbounds[0].service_port == 8080
+
+
+def test_not_ready_inbounds_are_no_endpoints_and_ignored_ones_no_service() -> None:
+    store = Store()
+    for name, extra in (("a", {}), ("b", {"health": {"ready": False}}), ("c", {"state": "NotReady"})):
+        inbound = {"port": 1000 + ord(name), "tags": {"kuma.io/service": "svc"}, **extra}
+        store.put_static(
+            parse_dataplane({"name": name, "networking": {"address": "127.0.0.1", "inbound": [inbound]}})
+        )
+    ignored = {"port": 2000, "state": "Ignored", "tags": {"kuma.io/service": "hidden"}}
+    store.put_static(
+        parse_dataplane({"name": "d", "networking": {"address": "127.0.0.1", "inbound": [ignored]}})
+    )
+    services = store.services("default")
+    assert sorted(services) == ["svc"]
+    assert [e.dataplane for e in services["svc"].endpoints] == [("default", "a")]
+    with pytest.raises(StateError, match="state: must be one of"):
+        parse_dataplane(
+            {"name": "e", "networking": {"address": "x", "inbound": [{**ignored, "state": "Up"}]}}
+        )
