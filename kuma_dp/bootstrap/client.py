@@ -504,11 +504,13 @@ async def fetch_bootstrap(
     sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     clock: Callable[[], float] = time.monotonic,
     request_timeout: float = REQUEST_TIMEOUT,
+    on_attempt: Callable[[bool, float], None] | None = None,
 ) -> BootstrapResult:
     """POST the request until it succeeds, a fatal error occurs, or the retry budget is spent.
 
     Retry timing follows go-retry's constant backoff with max duration: after a failed attempt, stop when
-    the budget is spent, otherwise wait `min(backoff, remaining)` and try again.
+    the budget is spent, otherwise wait `min(backoff, remaining)` and try again. `on_attempt(ok, seconds)`
+    hears every attempt (the agent's kuma_dp_bootstrap_* metrics and CP reachability).
     """
     url = bootstrap_url(cfg.control_plane.url)
     body = request_body(request)
@@ -527,11 +529,16 @@ async def fetch_bootstrap(
     attempt = 0
     while True:
         attempt += 1
+        began = clock()
         try:
-            return await _attempt(url, body, ctx, cfg, request_timeout)
+            result = await _attempt(url, body, ctx, cfg, request_timeout)
         except FatalBootstrapError:
+            if on_attempt:
+                on_attempt(False, clock() - began)
             raise
         except BootstrapError as exc:
+            if on_attempt:
+                on_attempt(False, clock() - began)
             remaining = budget - (clock() - start)
             if remaining <= 0:
                 raise
@@ -553,3 +560,7 @@ async def fetch_bootstrap(
                     exc,
                 )
             await sleep(min(backoff, remaining))
+            continue
+        if on_attempt:
+            on_attempt(True, clock() - began)
+        return result

@@ -299,9 +299,11 @@ def _local_bootstrap(cfg: RunConfig, request: dict[str, Any]) -> bytes:
 async def _fetch_cancellable(cfg: RunConfig, request: dict[str, Any]) -> Any:
     """fetch_bootstrap, cancelled by SIGINT/SIGTERM (the agent installs its own handlers afterwards)."""
     from kuma_dp.bootstrap.client import fetch_bootstrap
+    from kuma_dp.metrics import agent_metrics
 
+    metrics = agent_metrics()
     loop = asyncio.get_running_loop()
-    task = asyncio.ensure_future(fetch_bootstrap(cfg, request))
+    task = asyncio.ensure_future(fetch_bootstrap(cfg, request, on_attempt=metrics.bootstrap_attempt))
     handled = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
@@ -310,7 +312,8 @@ async def _fetch_cancellable(cfg: RunConfig, request: dict[str, Any]) -> Any:
         except (NotImplementedError, RuntimeError):
             pass
     try:
-        return await task
+        with metrics.phase("bootstrap"):
+            return await task
     except asyncio.CancelledError:
         raise RunError("Failed to fetch Envoy bootstrap config. context canceled") from None
     finally:

@@ -113,6 +113,15 @@ def _scenario(envoy_binary: str, short_tmp: Path, app_port: int, hanging_port: i
             # The hanging app is skipped and counted; the healthy app never is. (An early scrape may also have
             # counted Envoy's admin as not answering yet.)
             assert ("stuck", "timeout") in counted
+            attempts = {
+                s.labels["result"]: s.value
+                for s in families["kuma_dp_bootstrap_attempts"].samples  # type: ignore[attr-defined]
+                if s.name.endswith("_total")
+            }
+            assert attempts == {"failure": len(cp.requests) - 1, "success": 1}
+            phases = families["kuma_dp_startup_phase_duration_seconds"].samples  # type: ignore[attr-defined]
+            assert "bootstrap" in {s.labels["phase"] for s in phases}
+            assert families["kuma_dp_control_plane_reachable"].samples[0].value == 1  # type: ignore[attr-defined]
             assert counted <= {("stuck", "timeout"), ("envoy", "error")}
             proc.send_signal(signal.SIGTERM)
             time.sleep(0.3)
