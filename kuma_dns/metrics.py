@@ -41,6 +41,8 @@ READY_WAIT_BUCKETS: tuple[float, ...] = (0.1, 0.5, 1, 2, 5, 10, 30)
 QTYPES = ("A", "AAAA", "other")
 SOURCES = ("local", "upstream")
 RCODES = {0: "noerror", 3: "nxdomain", 2: "servfail"}
+#: rcode (0-15) -> label of kuma_dp_dns_response_codes_total, for indexing on the hot path.
+RCODE_NAMES = tuple(RCODES.get(i, "other") for i in range(16))
 
 
 class Histogram:
@@ -56,6 +58,11 @@ class Histogram:
     def observe(self, value: float) -> None:
         self.counts[bisect.bisect_left(self.buckets, value)] += 1
         self.sum += value
+
+    def observe_many(self, value: float, n: int) -> None:
+        """`n` observations of the same value (a batch measured as a whole)."""
+        self.counts[bisect.bisect_left(self.buckets, value)] += n
+        self.sum += value * n
 
     def family(self, name: str, doc: str, labels: Mapping[str, str]) -> HistogramMetricFamily:
         cum = 0

@@ -18,9 +18,9 @@ import time
 from collections.abc import Sequence
 
 from . import _wire as w
-from .metrics import DNSMetrics
+from .metrics import RCODE_NAMES, DNSMetrics
 from .table import MESH_SUFFIX, Answer, MeshTable, TableStore, build_answer
-from .upstream import Forwarder
+from .upstream import FLAG_BYTES, Forwarder
 
 log = logging.getLogger("kuma_dns.server")
 
@@ -29,6 +29,10 @@ MAX_PENDING = 2048
 MAX_TCP_CLIENTS = 256
 TCP_IDLE_TIMEOUT = 10.0
 _OPT_HEAD = b"\x00\x00\x29"
+#: Reply flags for each query flag pair the hot path accepts (QR, AA, RA set; RD and CD copied; NOERROR).
+_FLAGS = {
+    bytes((b2, b3)): bytes((0x84 | (b2 & 0x01), 0x80 | (b3 & 0x10))) for b2 in (0, 1) for b3 in range(256)
+}
 
 
 class DNSServer:
@@ -49,6 +53,8 @@ class DNSServer:
         self.port = port
         self._answers = store.current.answers
         self._table = store.current
+        self._cache = forwarder.cache if forwarder is not None else None
+        self._clock = self._cache.clock if self._cache is not None else time.monotonic
         store.listeners.append(self._on_table)
         self._pending: set[asyncio.Task[None]] = set()
         self._udp: list[_UDPReader] = []
@@ -67,63 +73,23 @@ class DNSServer:
     # -- hot path -----------------------------------------------------------------------------------------
 
     def answer_local(self, data: bytes) -> bytes | None:
-        """Reply bytes for a plain query for a known mesh name, else None (the caller takes the slow path)."""
+        """Reply bytes for a plain query for a mesh name or a fresh cache entry, else None (slow path)."""
         start = time.perf_counter()
-        # QR=0, opcode 0, AA=0, TC=0; one question, no answer/authority; at most one additional (the OPT).
-        if len(data) < 17 or data[2] & 0xFE or data[4:10] != b"\x00\x01\x00\x00\x00\x00":
-            return None
-        e = data.find(b"\x00", 12)
-        if e < 0:
-            return None
-        qend = e + 5
-        ans = self._answers.get(data[12:qend].lower())
-        if ans is None:
-            return None
-        ar = data[10:12]
-        n = len(data)
-        if ar == b"\x00\x00":
-            if n != qend or ans.tail is None:
-                return None
-            resp = (
-                data[0:2]
-                + bytes((0x84 | (data[2] & 0x01), ans.flags3 | (data[3] & 0x10)))
-                + ans.counts
-                + data[12:qend]
-                + ans.tail
-            )
-        elif (
-            ar == b"\x00\x01"
-            and data[qend : qend + 3] == _OPT_HEAD
-            and n >= qend + 11
-            and data[qend + 6] == 0
-        ):
-            if n != qend + 11 + ((data[qend + 9] << 8) | data[qend + 10]) or ans.fast_edns is None:
-                return None
-            resp = (
-                data[0:2]
-                + bytes((0x84 | (data[2] & 0x01), ans.flags3 | (data[3] & 0x10)))
-                + ans.counts_edns
-                + data[12:qend]
-                + ans.fast_edns
-            )
-        else:
-            return None
-        m = self.metrics
-        m.queries[ans.local_kind][0] += 1
-        m.rcodes["noerror"] += 1
-        m.request_duration.observe(time.perf_counter() - start)
+        resp = self._hot(data, self._clock())
+        if resp is not None:
+            self.metrics.request_duration.observe(time.perf_counter() - start)
         return resp
 
-    def answer_cached(self, data: bytes) -> bytes | None:
-        """Reply bytes for a plain query whose answer is fresh in the upstream cache, else None.
+    def _hot(self, data: bytes, now: float) -> bytes | None:
+        """The hot path, untimed (the UDP reader times whole batches); `now` is the cache clock.
 
-        Same shape checks as `answer_local`; the name must not be a mesh name (the table wins, even over an
-        answer cached before the name joined the mesh). The reply must fit the client's UDP size.
+        Accepts only the common shape: QR=0, opcode 0, AA=0, TC=0, one question, no answer/authority, at
+        most one additional record that is a version-0 OPT ending the packet. The first zero byte after
+        the header ends the name: a valid wire name is prefix-free, so a name that merely contains a zero
+        byte can never equal a table or cache key.
         """
-        fwd = self.forwarder
-        if fwd is None or len(data) < 17 or data[2] & 0xFE or data[4:10] != b"\x00\x01\x00\x00\x00\x00":
+        if len(data) < 17 or data[2] & 0xFE or data[4:10] != b"\x00\x01\x00\x00\x00\x00":
             return None
-        start = time.perf_counter()
         e = data.find(b"\x00", 12)
         if e < 0:
             return None
@@ -134,37 +100,60 @@ class DNSServer:
             if n != qend:
                 return None
             edns = False
-            limit = w.CLASSIC_UDP_SIZE
-            do = b"\x00"
         elif (
             ar == b"\x00\x01"
             and data[qend : qend + 3] == _OPT_HEAD
             and n >= qend + 11
             and data[qend + 6] == 0
+            and n == qend + 11 + ((data[qend + 9] << 8) | data[qend + 10])
         ):
-            if n != qend + 11 + ((data[qend + 9] << 8) | data[qend + 10]):
-                return None
             edns = True
-            limit = max(w.CLASSIC_UDP_SIZE, (data[qend + 3] << 8) | data[qend + 4])
-            do = b"\x01" if data[qend + 7] & 0x80 else b"\x00"
         else:
             return None
-        name = data[12 : e + 1].lower()
-        table = self._table
-        if name in table.wire_names or (table.loaded and name.endswith(MESH_SUFFIX)):
-            return None
-        cached = fwd.cache.get(
-            name + data[e + 1 : qend] + do + (b"\x10" if data[3] & 0x10 else b"\x00"), edns=edns
-        )
-        if cached is None or len(cached) > limit:
-            return None
+        # Lower-casing type and class too is exact for the table (its keys hold only A/AAAA/IN, which no
+        # other byte lowers to); the cache key below keeps type and class as sent.
+        mkey = data[12:qend].lower()
+        ans = self._answers.get(mkey)
         m = self.metrics
+        if ans is not None:
+            if edns:
+                if ans.fast_edns is None:
+                    return None
+                resp = b"".join((data[0:2], _FLAGS[data[2:4]], ans.counts_edns, data[12:qend], ans.fast_edns))
+            else:
+                if ans.tail is None:
+                    return None
+                resp = b"".join((data[0:2], _FLAGS[data[2:4]], ans.counts, data[12:qend], ans.tail))
+            m.queries[ans.local_kind][0] += 1
+            m.rcodes["noerror"] += 1
+            return resp
+        cache = self._cache
+        if cache is None:
+            return None
+        fl = (2 if data[3] & 0x10 else 0) | (1 if edns and data[qend + 7] & 0x80 else 0)
+        lname = mkey[:-4]
+        ckey = b"".join((lname, data[e + 1 : qend], FLAG_BYTES[fl]))
+        entry = cache.entries.get(ckey)
+        if entry is None:
+            return None
+        table = self._table
+        if lname in table.wire_names or (table.loaded and lname.endswith(MESH_SUFFIX)):
+            return None  # the table wins over an answer cached before the name joined the mesh
+        if entry.memo_elapsed == int(now - entry.stored):
+            reply = entry.memo if edns else entry.memo_noopt
+        else:
+            reply = None
+        if reply is None:
+            reply = cache.get(ckey, edns=edns)  # refreshes the memo, or expires the entry
+            if reply is None:
+                return None
+        if len(reply) > (max(512, (data[qend + 3] << 8) | data[qend + 4]) if edns else 512):
+            return None  # the slow path truncates
         m.cache_hits += 1
-        qtype = data[e + 2] if data[e + 1] == 0 else 255
-        m.queries[0 if qtype == w.QTYPE_A else 1 if qtype == w.QTYPE_AAAA else 2][1] += 1
-        m.rcode(cached[3] & 0x0F)
-        m.request_duration.observe(time.perf_counter() - start)
-        return data[0:2] + cached[2:12] + data[12:qend] + cached[qend:]
+        qt = data[e + 2] if data[e + 1] == 0 else 255
+        m.queries[0 if qt == 1 else 1 if qt == 28 else 2][1] += 1
+        m.rcodes[RCODE_NAMES[reply[3] & 0x0F]] += 1
+        return b"".join((data[0:2], reply[2:12], data[12:qend], reply[qend:]))
 
     # -- full path ----------------------------------------------------------------------------------------
 
@@ -172,7 +161,7 @@ class DNSServer:
         """Answer any packet; None means drop (not a query, or too short to carry an ID)."""
         resp = self.answer_local(data)
         if resp is not None:
-            return resp  # counted by answer_local
+            return resp  # counted by answer_local (mesh names and cache hits)
         start = time.perf_counter()
         try:
             got = self._sync(data, tcp)
@@ -400,41 +389,52 @@ class _UDPReader:
     """
 
     BATCH = 64
-    __slots__ = ("answer", "closed", "server", "sock")
+    __slots__ = ("closed", "hot", "server", "sock")
 
     def __init__(self, server: DNSServer, sock: socket.socket) -> None:
         self.server = server
         self.sock = sock
-        self.answer = server.answer_local
+        self.hot = server._hot
         self.closed = False
 
     def on_readable(self) -> None:
         recvfrom = self.sock.recvfrom
         sendto = self.sock.sendto
-        answer = self.answer
+        hot = self.hot
         server = self.server
-        cached = server.answer_cached
-        for _ in range(self.BATCH):
-            try:
-                data, addr = recvfrom(65535)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                continue  # ICMP errors queued on the socket for earlier replies
-            resp = answer(data) or cached(data)
-            if resp is not None:
+        start = time.perf_counter()
+        now = server._clock()
+        hits = 0
+        seen = 0
+        try:
+            for _ in range(self.BATCH):
                 try:
-                    sendto(resp, addr)
+                    data, addr = recvfrom(65535)
+                except (BlockingIOError, InterruptedError):
+                    return
                 except OSError:
-                    pass
-                continue
-            got = server.process_sync(data)
-            if got is None:
-                continue
-            if isinstance(got, bytes):
-                try:
-                    sendto(got, addr)
-                except OSError:
-                    pass
-            elif len(server._pending) < MAX_PENDING:
-                server.spawn(server._udp_slow(self, data, got, addr))
+                    continue  # ICMP errors queued on the socket for earlier replies
+                seen += 1
+                resp = hot(data, now)
+                if resp is not None:
+                    hits += 1
+                    try:
+                        sendto(resp, addr)
+                    except OSError:
+                        pass  # full buffer or client gone: UDP may drop
+                    continue
+                got = server.process_sync(data)
+                if got is None:
+                    continue
+                if isinstance(got, bytes):
+                    try:
+                        sendto(got, addr)
+                    except OSError:
+                        pass
+                elif len(server._pending) < MAX_PENDING:
+                    server.spawn(server._udp_slow(self, data, got, addr))
+        finally:
+            if hits:
+                # Hot-path answers cost microseconds: each is recorded at the batch's mean cost per packet
+                # (an upper bound), which spares two clock reads per query on the hottest path.
+                server.metrics.request_duration.observe_many((time.perf_counter() - start) / seen, hits)

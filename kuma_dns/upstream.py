@@ -33,6 +33,8 @@ from .metrics import DNSMetrics
 log = logging.getLogger("kuma_dns.upstream")
 
 Address = tuple[str, int]
+#: Last byte of a cache key: bit 0 = DO, bit 1 = CD.
+FLAG_BYTES = (b"\x00", b"\x01", b"\x02", b"\x03")
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,7 +248,8 @@ class Forwarder:
 
     @staticmethod
     def _key(query: bytes, info: w.QueryInfo) -> bytes:
-        return info.key + (b"\x10" if query[3] & 0x10 else b"\x00")  # CD changes validating answers
+        """Name (lower-case) + type + class + one byte of DO|CD (both change what a validator returns)."""
+        return info.key[:-1] + FLAG_BYTES[(1 if info.do_bit else 0) | (2 if query[3] & 0x10 else 0)]
 
     def lookup_cache(self, query: bytes, info: w.QueryInfo) -> bytes | None:
         """A fresh cached reply for the client, or None (synchronous: the UDP loop calls it inline)."""
