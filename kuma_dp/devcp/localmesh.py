@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import time
@@ -198,16 +197,6 @@ def wait_until(check: Any, deadline: float, interval: float = 0.05, what: str = 
         if time.monotonic() > end:
             raise TimeoutError(f"timed out after {deadline}s waiting for {what}; last error: {last_error!r}")
         time.sleep(interval)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class ThreadedControlPlane:
