@@ -447,3 +447,44 @@ def test_in_flight_merge_failover_parallel_and_metrics(tmp_path: Path) -> None:
     assert 'kuma_dp_dns_upstream_request_failure_count{mesh="default"} 0.0' in m
     assert res["failover"] == ("10.0.0.1", ["a.example."], ["a.example."])  # first timed out, second answered
     assert res["parallel"] == "10.0.0.1"
+
+
+def test_dual_stack_listeners_ipv4_and_ipv6(tmp_path: Path) -> None:
+    """Transparent-proxy binding (127.0.0.1 and ::1, separate sockets): both families, UDP and TCP."""
+    import dns.asyncquery
+
+    from kuma_dns.component import DNSComponent, bind_addresses
+
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    addresses = bind_addresses(transparent_proxy=True, ip_family="dualstack")
+    assert addresses == ["127.0.0.1", "::1"]
+
+    async def main() -> list[str]:
+        _, good_addr = await scripted(0)
+        comp = DNSComponent(
+            port=0,
+            addresses=addresses,
+            upstreams=[good_addr],
+            register_metrics=False,
+            resolv_conf=tmp_path / "none",
+        )
+        task = asyncio.ensure_future(comp.run())
+        try:
+            await comp.ready.wait()
+            comp.update(json.dumps(PAYLOAD))
+            out = []
+            for host in ("127.0.0.1", "::1"):
+                for name in ("httpbin.mesh.", f"fwd-{host.replace(':', 'x').replace('.', '-')}.example."):
+                    for fn in (dns.asyncquery.udp, dns.asyncquery.tcp):
+                        r = await fn(dns.message.make_query(name, "A"), host, port=comp.port, timeout=5)
+                        out.append(r.answer[-1][0].to_text())
+            return out
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    got = asyncio.run(main())
+    # Per family: mesh UDP, mesh TCP, forwarded UDP (IPv6 client address through the batched path), then the
+    # same forwarded name over TCP, answered from the cache.
+    assert got == ["240.0.0.1", "240.0.0.1", "10.0.0.1", "10.0.0.1"] * 2
