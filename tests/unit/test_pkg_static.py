@@ -75,14 +75,11 @@ def test_pkg_unit_check_catches_mistakes(edit: tuple[str, str], complaint: str) 
     assert any(complaint in p for p in problems), problems
 
 
-def test_pkg_unit_falls_back_to_type_exec_without_sd_notify(tmp_path: Path) -> None:
-    build.lay_out_files(tmp_path, notify=False)
+def test_pkg_unit_is_type_notify(tmp_path: Path) -> None:
+    build.lay_out_files(tmp_path)
     unit = (tmp_path / "pkg" / "kuma-dp@.service").read_text()
-    assert "Type=exec" in unit and "Type=notify" not in unit and "NotifyAccess" not in unit
+    assert "Type=notify\nNotifyAccess=main\n" in unit
     assert unitcheck.unit_problems(unit) == []
-    (tmp_path / "n").mkdir()
-    build.lay_out_files(tmp_path / "n", notify=True)
-    assert "Type=notify\nNotifyAccess=main\n" in (tmp_path / "n" / "pkg" / "kuma-dp@.service").read_text()
 
 
 def test_pkg_nfpm_config_renders_the_promised_layout(tmp_path: Path) -> None:
@@ -99,7 +96,7 @@ def test_pkg_nfpm_config_renders_the_promised_layout(tmp_path: Path) -> None:
     assert by_dst["/etc/kuma-dp/example.env"]["file_info"]["mode"] == 0o600
     assert "/usr/lib/systemd/system/kuma-dp@.service" in by_dst
     # Every local source the config names is laid out by build.lay_out_files (or is the venv itself).
-    build.lay_out_files(tmp_path, notify=True)
+    build.lay_out_files(tmp_path)
     for item in config["contents"]:
         src = item.get("src", "")
         if src.startswith("./pkg/"):
@@ -141,15 +138,3 @@ def test_pkg_dockerfiles_copy_only_what_the_dockerignore_lets_in() -> None:
             if line.startswith("COPY") and "--from=" not in line:
                 for src in line.split()[1:-1]:
                     assert src.rstrip("/").removeprefix("./") in allowed, f"{dockerfile.name}: {line}"
-
-
-def test_pkg_build_detects_whether_the_agent_sends_sd_notify(tmp_path: Path) -> None:
-    agent = tmp_path / "kuma_dp"
-    agent.mkdir()
-    (agent / "__init__.py").write_text("")
-    (agent / "sdnotify.py").write_text('path = os.environ.get("NOTIFY_SOCKET")\n')
-    assert build.supports_sd_notify(tmp_path) is False  # the protocol exists but nothing uses it
-    (agent / "agent.py").write_text("from kuma_dp.sdnotify import notifier_component\n")
-    assert build.supports_sd_notify(tmp_path) is True
-    (agent / "agent.py").write_text("from kuma_dp import (\n    component,\n    sdnotify,\n)\n")
-    assert build.supports_sd_notify(tmp_path) is True
