@@ -47,6 +47,13 @@ def _run_loop(coro_factory: object) -> None:
 )
 @click.option("--parallel/--in-order", default=False, help="Ask all upstreams at once (default: in order).")
 @click.option("--forward-unknown-mesh", is_flag=True, help="Forward unknown *.mesh names (default NXDOMAIN).")
+@click.option(
+    "--stale-after",
+    type=click.FloatRange(min=1),
+    default=300.0,
+    show_default=True,
+    help="Warn when the table is older than this many seconds (it is still served).",
+)
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 def dns(
     port: int,
@@ -56,6 +63,7 @@ def dns(
     resolv_conf: str,
     parallel: bool,
     forward_unknown_mesh: bool,
+    stale_after: float,
     log_level: str,
 ) -> None:
     """Serve *.mesh names from a records file and forward everything else."""
@@ -76,6 +84,7 @@ def dns(
         parallel=parallel,
         nxdomain_mesh=not forward_unknown_mesh,
         records_file=records,
+        stale_after=stale_after,
     )
 
     async def main() -> None:
