@@ -103,9 +103,16 @@ class Result:
     qps: float
     avg_ms: float
     lost: float
+    cpu_us: float  # server CPU time (user+sys) per completed query: robust to a busy machine
 
 
-def dnsperf(port: int, datafile: Path, duration: float, clients: int) -> Result:
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def dnsperf(port: int, pid: int, datafile: Path, duration: float, clients: int) -> Result:
+    cpu0 = cpu_seconds(pid)
     out = subprocess.run(
         [
             "dnsperf",
@@ -131,7 +138,8 @@ def dnsperf(port: int, datafile: Path, duration: float, clients: int) -> Result:
     qps = float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     avg = float(re.search(r"Average Latency \(s\):\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     lost = float(re.search(r"Queries lost:\s+\d+ \(([\d.]+)%\)", out).group(1))  # type: ignore[union-attr]
-    return Result(qps, avg * 1000, lost)
+    done = int(re.search(r"Queries completed:\s+(\d+)", out).group(1))  # type: ignore[union-attr]
+    return Result(qps, avg * 1000, lost, (cpu_seconds(pid) - cpu0) * 1e6 / max(done, 1))
 
 
 def latency_at_rate(port: int, datafile: Path, qps: int, duration: float) -> tuple[float, float, int]:
@@ -242,7 +250,7 @@ def main() -> int:
                 "warning",
             ],
             tmp / "ours.log",
-        ),
+        ) as ours,
         process(
             dnsmasq_cmd(
                 peer_port,
@@ -252,7 +260,7 @@ def main() -> int:
                 f"--server=127.0.0.1#{origin_port}",
             ),
             tmp / "peer.log",
-        ),
+        ) as peer,
     ):
         for port in (origin_port, ours_port, peer_port):
             wait_answering(port, "e-00000.example.test" if port == origin_port else "svc-00001.mesh")
@@ -264,13 +272,14 @@ def main() -> int:
                 check=True,
             )
         servers = {"kuma-dp dns": ours_port, "dnsmasq": peer_port}
+        pids = {"kuma-dp dns": ours.pid, "dnsmasq": peer.pid}
         results: dict[tuple[str, str], list[Result]] = {}
         for rnd in range(args.rounds):
             order = list(servers.items()) if rnd % 2 == 0 else list(reversed(servers.items()))
             for workload, datafile in (("mesh", mesh_q), ("cached forwarded", fwd_q)):
                 for name, port in order:
                     results.setdefault((workload, name), []).append(
-                        dnsperf(port, datafile, args.duration, args.clients)
+                        dnsperf(port, pids[name], datafile, args.duration, args.clients)
                     )
         lat = {
             name: latency_at_rate(port, mesh_q, args.p99_qps, min(args.duration, 3.0))
@@ -283,23 +292,36 @@ def main() -> int:
             statistics.median(r.qps for r in rs),
             statistics.median(r.avg_ms for r in rs),
             max(r.lost for r in rs),
+            statistics.median(r.cpu_us for r in rs),
         )
 
     print(
-        f"load average after: {loadavg()}; {args.rounds} rounds x {args.duration}s, {args.clients} dnsperf clients"
+        f"load average after: {loadavg()}; {args.rounds} rounds x {args.duration}s, "
+        f"{args.clients} dnsperf clients"
     )
-    print(f"{'workload':<18} {'server':<12} {'QPS (median)':>13} {'avg ms':>8} {'lost %':>7}   all rounds")
+    print(
+        f"{'workload':<18} {'server':<12} {'QPS (median)':>13} {'avg ms':>8} {'lost %':>7} {'CPU us/q':>9}"
+        "   QPS of every round"
+    )
     ok = True
     for workload in ("mesh", "cached forwarded"):
         for name in servers:
             r = med(workload, name)
             rounds = ", ".join(f"{x.qps:,.0f}" for x in results[(workload, name)])
-            print(f"{workload:<18} {name:<12} {r.qps:>13,.0f} {r.avg_ms:>8.3f} {r.lost:>7.2f}   [{rounds}]")
+            print(
+                f"{workload:<18} {name:<12} {r.qps:>13,.0f} {r.avg_ms:>8.3f} {r.lost:>7.2f} {r.cpu_us:>9.2f}"
+                f"   [{rounds}]"
+            )
         ratio = med(workload, "kuma-dp dns").qps / med(workload, "dnsmasq").qps
+        cpu_ratio = med(workload, "dnsmasq").cpu_us / max(med(workload, "kuma-dp dns").cpu_us, 1e-9)
         target = 1.0 if workload == "mesh" else 0.8
         hit = ratio >= target
         ok &= hit
-        print(f"{'':<18} ratio ours/dnsmasq = {ratio:.2f} (target >= {target}) {'OK' if hit else 'MISSED'}")
+        print(
+            f"{'':<18} QPS ratio ours/dnsmasq = {ratio:.2f} (target >= {target}) "
+            f"{'OK' if hit else 'MISSED'}; "
+            f"CPU-efficiency ratio (dnsmasq us/q / ours) = {cpu_ratio:.2f}"
+        )
     for name, (p50, p99, bad) in lat.items():
         hit = p99 <= 1.0 or name != "kuma-dp dns"
         ok &= hit
