@@ -449,7 +449,10 @@ def test_in_flight_merge_failover_parallel_and_metrics(tmp_path: Path) -> None:
     assert res["parallel"] == "10.0.0.1"
 
 
-def test_dual_stack_listeners_ipv4_and_ipv6(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mmsg", [True, False], ids=["recvmmsg", "recvfrom"])
+def test_dual_stack_listeners_ipv4_and_ipv6(
+    tmp_path: Path, mmsg: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Transparent-proxy binding (127.0.0.1 and ::1, separate sockets): both families, UDP and TCP."""
     import dns.asyncquery
 
@@ -457,6 +460,9 @@ def test_dual_stack_listeners_ipv4_and_ipv6(tmp_path: Path) -> None:
 
     if not socket.has_ipv6:
         pytest.skip("no IPv6")
+    import kuma_dns.server
+
+    monkeypatch.setattr(kuma_dns.server, "USE_MMSG", mmsg)  # both UDP readers: batched and plain
     addresses = bind_addresses(transparent_proxy=True, ip_family="dualstack")
     assert addresses == ["127.0.0.1", "::1"]
 
