@@ -66,7 +66,8 @@ class DNSComponent(Component):
         has_records: asyncio.Event | None = None,
     ) -> None:
         super().__init__()
-        #: Set by the first table from any source (persisted, dynconf, file, push): the readiness DNS gate.
+        #: Set once listening with a table from any source (persisted, dynconf, file, push): the readiness
+        #: DNS gate.
         self.has_records = has_records if has_records is not None else asyncio.Event()
         rc = read_resolv_conf(resolv_conf)
         self.search_domains = rc.search
@@ -110,7 +111,8 @@ class DNSComponent(Component):
         return self.server.port if self.server else self._port
 
     def _on_table(self, table: MeshTable) -> None:
-        if table.loaded:
+        # "Has records" means "answers mesh names": only once listening too (see run()).
+        if table.loaded and self.ready.is_set():
             self.has_records.set()
 
     def _upstreams_without_self(self, port: int) -> list[Address]:
@@ -139,6 +141,8 @@ class DNSComponent(Component):
         if not forwarder.upstreams:
             log.warning("dns: no upstream nameservers: names outside the mesh get SERVFAIL")
         self.ready.set()
+        if self.store.current.loaded:
+            self.has_records.set()
         try:
             await self._housekeeping()
         finally:
