@@ -1,0 +1,110 @@
+"""The DNS proxy inside `run_agent` with the real Envoy: the agent's own wiring (kuma_dns.component:from_agent
+before Envoy, kuma_dp.dynconf:from_agent after it) takes the `/dns` body Envoy serves on the work dir's
+dynconf socket, opens the readiness DNS gate, answers a DNS client and persists the table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import socket
+import time
+from pathlib import Path
+
+import dns.asyncquery
+import dns.message
+import pytest
+
+from kuma_dp.agent import AgentContext, run_agent
+from kuma_dp.component import Component
+from kuma_dp.config import RunConfig
+from kuma_dp.envoy import AdminAddress, http_request
+from tests.conftest import REPO, free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+
+BODY = json.dumps(
+    {
+        "records": [{"name": "backend.mesh", "ips": ["240.0.0.1", "::ffff:f000:1"]}],
+        "ttl": 30,
+        "extraLabels": {"mesh": "default"},
+    },
+    separators=(",", ":"),
+).encode()
+
+
+def free_udp_tcp_port() -> int:
+    while True:
+        port = free_port(socket.SOCK_DGRAM)
+        try:
+            with socket.socket() as t:
+                t.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+
+
+def bootstrap(work: Path) -> Path:
+    from kuma_dp.devcp.xds import dynconf_listener
+
+    spec = importlib.util.spec_from_file_location("startup_harness", REPO / "bench" / "startup_harness.py")
+    assert spec and spec.loader
+    harness = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(harness)
+    boot = harness.static_bootstrap(admin_port=free_port())
+    resources = boot.get("static_resources") or boot["staticResources"]
+    resources["listeners"].append(dynconf_listener(str(work), {"/dns": BODY}))
+    path = work / "bootstrap.yaml"
+    path.write_text(json.dumps(boot))
+    return path
+
+
+class Client(Component):
+    """Waits for /ready 200, then asks the agent's DNS proxy; ending returns the agent with exit code 0."""
+
+    name = "dns-client"
+
+    def __init__(self, ctx: AgentContext, out: dict[str, object]) -> None:
+        super().__init__()
+        self.ctx, self.out = ctx, out
+
+    async def run(self) -> None:
+        self.ready.set()
+        cfg = self.ctx.cfg
+        deadline = time.monotonic() + 30
+        statuses = []
+        while True:
+            try:
+                resp = await http_request(
+                    AdminAddress("127.0.0.1", cfg.dataplane.readiness_port), "GET", "/ready"
+                )
+                statuses.append(f"{resp.status} {resp.text.strip()}")
+                if resp.status == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, statuses[-3:]
+            await asyncio.sleep(0.05)
+        self.out["ready"] = statuses[-1]
+        self.out["gate"] = self.ctx.readiness.dns_ready.is_set()
+        q = dns.message.make_query("backend.mesh", "A")
+        r = await dns.asyncquery.udp(q, "127.0.0.1", port=cfg.dns.proxy_port, timeout=5)
+        self.out["answer"] = r.answer[0][0].to_text()
+        self.out["persisted"] = (self.ctx.work_dir / "kuma-dns-table.json").exists()
+
+
+def test_agent_runs_dns_from_envoy_dynconf(short_tmp: Path, envoy_binary: str) -> None:
+    cfg = RunConfig()
+    cfg.dataplane.readiness_port = free_port()
+    cfg.dataplane.drain_time = 0.5
+    cfg.dataplane_runtime.work_dir = str(short_tmp)
+    cfg.dataplane_runtime.binary_path = envoy_binary
+    cfg.dataplane_runtime.concurrency = 1
+    cfg.dns.enabled = True
+    cfg.dns.proxy_port = free_udp_tcp_port()
+    boot = bootstrap(short_tmp)
+    out: dict[str, object] = {}
+    code = asyncio.run(run_agent(cfg, boot, extra_components=[lambda ctx: Client(ctx, out)]))
+    assert code == 0
+    assert out == {"ready": "200 READY", "gate": True, "answer": "240.0.0.1", "persisted": True}
