@@ -200,21 +200,19 @@ def from_agent(ctx: AgentContext) -> DNSComponent | None:
     rt = cfg.dataplane_runtime
     tproxy = bool(rt.transparent_proxy or rt.transparent_proxy_config)
     addresses = bind_addresses(tproxy, vnet=False, ip_family="dualstack" if rt.ipv6_enabled else "ipv4")
-    if not tproxy:
-        # Deviation: Kuma binds 0.0.0.0 here, an open resolver on every interface; nothing redirects to it
-        # without the transparent proxy, so loopback is enough (and safe).
-        addresses = ["127.0.0.1"]
     try:
         stale_after = float(os.environ.get("KUMA_DNS_PROXY_TABLE_STALE_AFTER", "300"))
     except ValueError:
         log.warning("dns: KUMA_DNS_PROXY_TABLE_STALE_AFTER is not a number of seconds; using 300")
         stale_after = 300.0
+    parallel = os.environ.get("KUMA_DNS_PROXY_UPSTREAM_PARALLEL", "").lower() in ("1", "true", "yes")
     comp = DNSComponent(
         port=cfg.dns.proxy_port,
         addresses=addresses,
         workdir=ctx.work_dir,
         has_records=ctx.enable_dns_gate(),
         stale_after=stale_after,
+        parallel=parallel,
     )
     handlers = getattr(ctx, "dynconf_handlers", None)
     if handlers is None:
