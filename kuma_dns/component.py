@@ -103,6 +103,17 @@ class DNSComponent(Component):
         """Load a `/dns` payload (raises PayloadError, keeping the old table, if it is not valid)."""
         return self.store.update(payload, etag=etag, source="dynconf" if etag else "push")
 
+    async def update_async(self, payload: bytes | str | Mapping[str, Any], etag: str | None = None) -> bool:
+        """`update` for the config fetcher: decoding, encoding and the fsync run in a worker thread, so a
+        10k-name map never stalls the answers being served meanwhile; the swap itself happens on the loop.
+        """
+        source = "dynconf" if etag else "push"
+        parsed, table = await asyncio.to_thread(self.store.prepare, payload)
+        changed = self.store.commit(parsed, table, etag, source, persist=False)
+        if changed:
+            await asyncio.to_thread(self.store.persist, parsed, etag, self.store.clock())
+        return changed
+
     def not_modified(self) -> None:
         self.store.confirm()
 
@@ -218,5 +229,5 @@ def from_agent(ctx: AgentContext) -> DNSComponent | None:
     if handlers is None:
         handlers = {}
         ctx.dynconf_handlers = handlers  # type: ignore[attr-defined]
-    handlers["/dns"] = (comp.update, comp.not_modified)
+    handlers["/dns"] = (comp.update_async, comp.not_modified)
     return comp

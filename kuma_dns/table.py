@@ -17,6 +17,7 @@ import ipaddress
 import json
 import logging
 import os
+import socket
 import struct
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -62,6 +63,27 @@ class Payload:
     raw: Mapping[str, Any]
 
 
+def _classify_ip(ip: object) -> tuple[int, str]:
+    """(4, dotted) for an A record, (6, canonical) for AAAA, (0, "") if invalid; inet_pton is the fast check.
+
+    kuma-dp tests for '.' first, so "::ffff:1.2.3.4" is an A record (of 1.2.3.4).
+    """
+    if not isinstance(ip, str):
+        return 0, ""
+    try:
+        if ":" not in ip:
+            socket.inet_pton(socket.AF_INET, ip)
+            return 4, ip
+        packed = socket.inet_pton(socket.AF_INET6, ip.split("%", 1)[0])
+    except (OSError, ValueError):
+        return 0, ""
+    if "." in ip:
+        mapped = ipaddress.IPv6Address(packed).ipv4_mapped
+        if mapped is not None:
+            return 4, str(mapped)
+    return 6, ip
+
+
 def parse_payload(data: bytes | str | Mapping[str, Any]) -> Payload:
     """Decode and check a payload; invalid IPs and names are skipped with a warning, as kuma-dp does."""
     if isinstance(data, bytes | str):
@@ -105,20 +127,13 @@ def parse_payload(data: bytes | str | Mapping[str, Any]) -> Payload:
             log.warning("dns: skipping non-list ips of %s", name)
             continue
         for ip in ips:
-            try:
-                addr = ipaddress.ip_address(ip) if isinstance(ip, str) else None
-            except ValueError:
-                addr = None
-            if addr is None:
-                log.warning("dns: skipping invalid IP %r of %s", ip, name)
-                continue
-            # kuma-dp checks for '.' first: "::ffff:1.2.3.4" is an A record.
-            if addr.version == 4:
-                a.append(str(addr))
-            elif "." in ip and addr.ipv4_mapped is not None:
-                a.append(str(addr.ipv4_mapped))
+            kind, text = _classify_ip(ip)
+            if kind == 4:
+                a.append(text)
+            elif kind == 6:
+                aaaa.append(text)
             else:
-                aaaa.append(str(addr))
+                log.warning("dns: skipping invalid IP %r of %s", ip, name)
     recs = tuple(Record(n, tuple(a), tuple(aaaa)) for n, (a, aaaa) in sorted(merged.items()))
     return Payload(recs, ttl, dict(labels), obj)
 
@@ -177,6 +192,8 @@ class MeshTable:
     loaded: bool  # False only for the empty table before any payload: then everything is forwarded
     wire_names: frozenset[bytes] = frozenset()  # every answered name (with search forms), lower-case wire
     nxdomain_mesh: bool = True
+    encoded: dict[RecordKey, Encoded] = field(default_factory=dict, repr=False)
+    suffixes: tuple[str, ...] = ()
 
     def lookup(self, qname_wire_lower: bytes, qtype: int) -> Answer | None:
         """Slow-path lookup (the hot path indexes `answers` itself)."""
@@ -192,44 +209,69 @@ class MeshTable:
         return qname_wire_lower in self.wire_names
 
 
-def build_table(
-    payload: Payload, search_domains: Iterable[str] = (), nxdomain_mesh: bool = True
-) -> MeshTable:
-    """Encode every answer of a payload (pure: same input, same bytes)."""
-    answers: dict[bytes, Answer] = {}
-    wire_names: set[bytes] = set()
-    ttl = payload.ttl
-    suffixes = [f".{d.strip('.').lower()}" for d in search_domains if d.strip(".")]
-    rrs = {
-        rec.name: (
-            [_rr(w.QTYPE_A, ttl, ipaddress.IPv4Address(ip).packed) for ip in rec.a],
-            [_rr(w.QTYPE_AAAA, ttl, ipaddress.IPv6Address(ip).packed) for ip in rec.aaaa],
-        )
-        for rec in payload.records
-    }
-    for name, (a_rr, aaaa_rr) in rrs.items():
-        qn = w.name_to_wire(name)
-        wire_names.add(qn)
-        answers[qn + _A] = build_answer(qn, w.RCODE_NOERROR, a_rr, ttl, 0)
-        answers[qn + _AAAA] = build_answer(qn, w.RCODE_NOERROR, aaaa_rr, ttl, 1)
+#: Per-record encodings, reused by the next build: (name, A, AAAA) -> (own answers, search-form answers).
+RecordKey = tuple[str, tuple[str, ...], tuple[str, ...]]
+Encoded = tuple[list[tuple[bytes, bytes, Answer]], list[tuple[bytes, bytes, Answer]]]
+
+
+def _encode_record(rec: Record, ttl: int, suffixes: list[str]) -> Encoded:
+    """All answers of one record: (wire name, key, answer) for its own name and for each search form."""
+    a_rr = [_rr(w.QTYPE_A, ttl, ipaddress.IPv4Address(ip).packed) for ip in rec.a]
+    aaaa_rr = [_rr(w.QTYPE_AAAA, ttl, ipaddress.IPv6Address(ip).packed) for ip in rec.aaaa]
+    target = w.name_to_wire(rec.name)
+    real = [
+        (target, target + _A, build_answer(target, w.RCODE_NOERROR, a_rr, ttl, 0)),
+        (target, target + _AAAA, build_answer(target, w.RCODE_NOERROR, aaaa_rr, ttl, 1)),
+    ]
     # Search-domain forms (`backend.mesh.<domain>`): a CNAME to the mesh name, then its records, in one
     # reply, so glibc stops at the first search domain and reports the mesh name as the canonical name.
+    search = []
+    cname = _rr(QTYPE_CNAME, ttl, target)
     for suffix in suffixes:
-        for name, (a_rr, aaaa_rr) in rrs.items():
-            try:
-                qn = w.name_to_wire(name + suffix)
-            except (ValueError, UnicodeError):
-                continue  # too long with this search domain
-            if qn in wire_names:
-                continue  # a real record (or an earlier search domain) wins
+        try:
+            qn = w.name_to_wire(rec.name + suffix)
+        except (ValueError, UnicodeError):
+            continue  # too long with this search domain
+        ptr = struct.pack("!H", 0xC000 | (12 + len(qn) + 4 + 12))  # -> the CNAME target
+        for rtype, recs, kind in ((_A, a_rr, 0), (_AAAA, aaaa_rr, 1)):
+            ans = build_answer(qn, w.RCODE_NOERROR, [cname, *(ptr + rr[2:] for rr in recs)], ttl, kind)
+            search.append((qn, qn + rtype, ans))
+    return real, search
+
+
+def build_table(
+    payload: Payload,
+    search_domains: Iterable[str] = (),
+    nxdomain_mesh: bool = True,
+    previous: MeshTable | None = None,
+) -> MeshTable:
+    """Encode every answer of a payload (pure: same input, same bytes).
+
+    Records unchanged since `previous` (same name, addresses, TTL and search list) reuse their encodings,
+    so a control-plane update that touches a few services costs little even in a 10k-name mesh.
+    """
+    ttl = payload.ttl
+    suffixes = [f".{d.strip('.').lower()}" for d in search_domains if d.strip(".")]
+    reusable = (
+        previous.encoded
+        if previous is not None and previous.ttl == ttl and previous.suffixes == tuple(suffixes)
+        else {}
+    )
+    encoded: dict[RecordKey, Encoded] = {}
+    for rec in payload.records:
+        key = (rec.name, rec.a, rec.aaaa)
+        encoded[key] = reusable.get(key) or _encode_record(rec, ttl, suffixes)
+    answers: dict[bytes, Answer] = {}
+    wire_names: set[bytes] = set()
+    for real, _ in encoded.values():
+        for qn, k, ans in real:
             wire_names.add(qn)
-            target = w.name_to_wire(name)
-            cname = _rr(QTYPE_CNAME, ttl, target)
-            ptr = struct.pack("!H", 0xC000 | (12 + len(qn) + 4 + 12))  # -> the CNAME target
-            for rtype, recs, kind in ((_A, a_rr, 0), (_AAAA, aaaa_rr, 1)):
-                answers[qn + rtype] = build_answer(
-                    qn, w.RCODE_NOERROR, [cname, *(ptr + rr[2:] for rr in recs)], ttl, kind
-                )
+            answers[k] = ans
+    for _, search in encoded.values():
+        for qn, k, ans in search:
+            if qn not in wire_names:  # a real record (or an earlier record's search form) wins
+                answers[k] = ans
+        wire_names.update(qn for qn, _, _ in search)
     canon = json.dumps(
         {
             "records": [[r.name, r.a, r.aaaa] for r in payload.records],
@@ -247,6 +289,8 @@ def build_table(
         loaded=True,
         wire_names=frozenset(wire_names),
         nxdomain_mesh=nxdomain_mesh,
+        encoded=encoded,
+        suffixes=tuple(suffixes),
     )
 
 
@@ -287,8 +331,18 @@ class TableStore:
         self, data: bytes | str | Mapping[str, Any], etag: str | None = None, source: str = "push"
     ) -> bool:
         """Load a payload; returns True if the table changed. Raises PayloadError and keeps the old table."""
+        payload, table = self.prepare(data)
+        return self.commit(payload, table, etag, source)
+
+    def prepare(self, data: bytes | str | Mapping[str, Any]) -> tuple[Payload, MeshTable]:
+        """Decode and encode, touching nothing: safe to run in a worker thread for big meshes."""
         payload = parse_payload(data)
-        table = build_table(payload, self.search_domains, self.nxdomain_mesh)
+        return payload, build_table(payload, self.search_domains, self.nxdomain_mesh, previous=self.current)
+
+    def commit(
+        self, payload: Payload, table: MeshTable, etag: str | None, source: str, persist: bool = True
+    ) -> bool:
+        """Swap in a prepared table (if it differs), record the confirmation, persist unless told not to."""
         now = self.clock()
         changed = table.digest != self.current.digest or not self.current.loaded
         self.etag = etag
@@ -304,7 +358,8 @@ class TableStore:
                 self.generation,
                 etag or "-",
             )
-            self._persist(payload, etag, now)
+            if persist:
+                self.persist(payload, etag, now)
         return changed
 
     def confirm(self) -> None:
@@ -363,7 +418,7 @@ class TableStore:
         for fn in list(self.listeners):
             fn(table)
 
-    def _persist(self, payload: Payload, etag: str | None, now: float) -> None:
+    def persist(self, payload: Payload, etag: str | None, now: float) -> None:
         path = self.persist_path
         if path is None:
             return

@@ -120,7 +120,7 @@ def test_poller_feeds_dns_and_mesh_names_survive_the_source_outage(
     async def main() -> dict[str, Any]:
         comp = DNSComponent(port=0, workdir=short_tmp, upstreams=[], registry=registry)
         fetcher = ConfigFetcher(socket_path(short_tmp), interval=0.2)
-        fetcher.register("/dns", comp.update, comp.not_modified)
+        fetcher.register("/dns", comp.update_async, comp.not_modified)  # as the agent wires it
         tasks = [asyncio.ensure_future(comp.run()), asyncio.ensure_future(fetcher.run())]
         try:
             await asyncio.wait_for(comp.ready.wait(), 10)  # listening (the table may arrive before that)

@@ -258,3 +258,29 @@ def test_resolv_conf_and_hostport() -> None:
     assert parse_hostport("127.0.0.1:5353") == ("127.0.0.1", 5353)
     assert parse_hostport("[::1]:53") == ("::1", 53)
     assert parse_hostport("::1") == ("::1", 53)
+
+
+def test_incremental_build_reuses_unchanged_records_and_real_names_beat_search_forms() -> None:
+    from kuma_dns.table import build_table
+
+    search = ("ns.svc",)
+    base = {"records": [{"name": "a.mesh", "ips": ["240.0.0.1"]}, {"name": "b.mesh", "ips": ["240.0.0.2"]}]}
+    t1 = build_table(parse_payload(json.dumps(base)), search)
+    changed = {
+        "records": [{"name": "a.mesh", "ips": ["240.0.0.1"]}, {"name": "b.mesh", "ips": ["240.0.0.9"]}]
+    }
+    t2 = build_table(parse_payload(json.dumps(changed)), search, previous=t1)
+    a_key = w.name_to_wire("a.mesh") + b"\x00\x01\x00\x01"
+    b_key = w.name_to_wire("b.mesh") + b"\x00\x01\x00\x01"
+    assert t2.answers[a_key] is t1.answers[a_key]  # reused, not re-encoded
+    assert t2.answers[b_key] is not t1.answers[b_key]
+    t3 = build_table(parse_payload(json.dumps(dict(changed, ttl=5))), search, previous=t2)
+    assert t3.answers[a_key] is not t2.answers[a_key]  # TTL changed: everything re-encoded
+    # A real record named like another record's search form keeps its own answer.
+    clash = {
+        "records": [{"name": "a.mesh", "ips": ["240.0.0.1"]}, {"name": "a.mesh.ns.svc", "ips": ["10.0.0.7"]}]
+    }
+    server = DNSServer(TableStore(search_domains=search), None, DNSMetrics())
+    server.store.update(json.dumps(clash))
+    r = serve(server, dns.message.make_query("a.mesh.ns.svc.", "A"))
+    assert [rrset.to_text() for rrset in r.answer] == ["a.mesh.ns.svc. 30 IN A 10.0.0.7"]
