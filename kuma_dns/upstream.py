@@ -279,7 +279,7 @@ class Forwarder:
             stale = self.cache.get(key, allow_stale=True, stale_ttl=self.stale_ttl, edns=info.edns)
             if stale is not None:
                 self.metrics.stale_served += 1
-                log.info("dns: upstream failed, serving stale answer for %s", w.wire_to_text(info.key[:-5]))
+                log.debug("dns: upstream failed, serving stale answer for %s", w.wire_to_text(info.key[:-5]))
                 return query[0:2] + stale[2:12] + query[12 : info.qend] + stale[info.qend :]
             return w.error_response(query, w.RCODE_SERVFAIL, info.qend, info.edns)
         return self._for_client(upstream_reply, query, info)
