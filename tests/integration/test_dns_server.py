@@ -429,6 +429,12 @@ def test_in_flight_merge_failover_parallel_and_metrics(tmp_path: Path) -> None:
             q = dns.message.make_query("b.example.", "A")
             r = await dns.asyncquery.udp(q, "127.0.0.1", port=par.port, timeout=5)
             out["parallel"] = r.answer[0][0].to_text()
+            # Only a server that never answers: SERVFAIL after the per-server timeout, not a hang.
+            silent = await run_with([hole_addr], False, register_metrics=False)
+            r = await dns.asyncquery.udp(
+                dns.message.make_query("c.example.", "A"), "127.0.0.1", port=silent.port, timeout=5
+            )
+            out["silent"] = dns.rcode.to_text(r.rcode())
             return out
         finally:
             for t in tasks:
@@ -447,6 +453,7 @@ def test_in_flight_merge_failover_parallel_and_metrics(tmp_path: Path) -> None:
     assert 'kuma_dp_dns_upstream_request_failure_count{mesh="default"} 0.0' in m
     assert res["failover"] == ("10.0.0.1", ["a.example."], ["a.example."])  # first timed out, second answered
     assert res["parallel"] == "10.0.0.1"
+    assert res["silent"] == "SERVFAIL"
 
 
 @pytest.mark.parametrize("mmsg", [True, False], ids=["recvmmsg", "recvfrom"])
