@@ -275,9 +275,29 @@ class DNSServer:
     # -- listeners ----------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Bind UDP and TCP on every address (IPv6 sockets v6-only); port 0 picks one port for all."""
+        """Bind UDP and TCP on every address (IPv6 sockets v6-only); port 0 picks one port for all.
+
+        With port 0 the kernel picks a UDP port whose TCP twin (or another address's) may be taken by
+        someone else: then everything is released and another port tried.
+        """
+        attempts = 20 if self.port == 0 else 1
+        for attempt in range(attempts):
+            try:
+                await self._bind_all(self.port)
+                break
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE and attempt + 1 < attempts:
+                    continue
+                raise
+        log.info(
+            "dns server listening addresses=%s port=%d transports=udp,tcp",
+            ",".join(self.addresses),
+            self.port,
+        )
+
+    async def _bind_all(self, port: int) -> None:
         loop = asyncio.get_running_loop()
-        port = self.port
+        host = self.addresses[0] if self.addresses else "?"
         try:
             for host in self.addresses:
                 family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -310,6 +330,7 @@ class DNSServer:
                 self.bound.append((host, port))
         except OSError as exc:
             await self.close()
+            self.bound.clear()
             if exc.errno == errno.EADDRINUSE:
                 raise OSError(
                     exc.errno,
@@ -317,9 +338,6 @@ class DNSServer:
                 ) from exc
             raise
         self.port = port
-        log.info(
-            "dns server listening addresses=%s port=%d transports=udp,tcp", ",".join(self.addresses), port
-        )
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()

@@ -92,7 +92,7 @@ async def with_server(
     )
     task = asyncio.ensure_future(comp.run())
     try:
-        await comp.ready.wait()
+        await asyncio.wait_for(comp.ready.wait(), 10)  # a failed start fails the test, not hangs it
         if payload is not None:
             comp.update(json.dumps(payload))
         out = []

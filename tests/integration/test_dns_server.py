@@ -402,7 +402,7 @@ def test_in_flight_merge_failover_parallel_and_metrics(tmp_path: Path) -> None:
                 **kw,  # type: ignore[arg-type]
             )
             tasks.append(asyncio.ensure_future(comp.run()))
-            await comp.ready.wait()
+            await asyncio.wait_for(comp.ready.wait(), 10)  # a failed start fails the test, not hangs it
             comp.update(json.dumps(PAYLOAD))
             return comp
 
@@ -484,7 +484,7 @@ def test_dual_stack_listeners_ipv4_and_ipv6(
         )
         task = asyncio.ensure_future(comp.run())
         try:
-            await comp.ready.wait()
+            await asyncio.wait_for(comp.ready.wait(), 10)  # a failed start fails the test, not hangs it
             comp.update(json.dumps(PAYLOAD))
             out = []
             for host in ("127.0.0.1", "::1"):

@@ -191,7 +191,7 @@ def test_restarted_agent_answers_from_the_persisted_table_before_any_source(shor
     async def first_life() -> None:
         comp = DNSComponent(port=0, workdir=short_tmp, upstreams=[], register_metrics=False)
         task = asyncio.ensure_future(comp.run())
-        await comp.ready.wait()
+        await asyncio.wait_for(comp.ready.wait(), 10)  # a failed start fails the test, not hangs it
         comp.update(body(("backend.mesh", "240.0.0.1")), etag="e1")
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -203,7 +203,7 @@ def test_restarted_agent_answers_from_the_persisted_table_before_any_source(shor
         fetcher.register("/dns", comp.update, comp.not_modified)
         tasks = [asyncio.ensure_future(comp.run()), asyncio.ensure_future(fetcher.run())]
         try:
-            await comp.ready.wait()
+            await asyncio.wait_for(comp.ready.wait(), 10)  # a failed start fails the test, not hangs it
             return comp.has_records.is_set(), await ask(comp.port, "backend.mesh")
         finally:
             for t in tasks:
