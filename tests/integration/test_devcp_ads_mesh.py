@@ -166,7 +166,10 @@ def test_two_dataplanes_then_a_third_joins_and_leaves(
         # 3. A third dataplane (Delta xDS) joins: web routes to it, and /dns gets a new record and ETag.
         assert _fails(f"http://127.0.0.1:{extra_out}/")  # unknown service: a TCP outbound with no endpoint
         extra = mesh.dataplane("extra-1", "extra", mesh.app("extra", "extra-1"), delta=True)
-        wait_until(lambda: _ok_from(f"http://127.0.0.1:{extra_out}/", "extra-1"), 30, what="web -> extra")
+        wait_until(lambda: mesh.store.get_dataplane("default", "extra-1"), 30, what="registration of extra-1")
+        # Issue 3: once the new dataplane registered, the others route to it within 2 s (the push to web and
+        # extra's own inbound config; measured around 50 ms).
+        wait_until(lambda: _ok_from(f"http://127.0.0.1:{extra_out}/", "extra-1"), 2, what="web -> extra")
         joined = wait_until(
             lambda: (r := dynconf_get(web.dynconf_socket, etag=tag)).status_code == 200 and r,
             10,
