@@ -414,6 +414,11 @@ def run_demo(once: bool, keep: bool, out: Any = None) -> int:
 @click.command("demo")
 @click.option("--once", is_flag=True, help="Run the checks, stop everything, exit 0 (all passed) or 1.")
 @click.option("--keep-workdir", is_flag=True, help="Keep logs and work dirs after exit.")
-def demo(once: bool, keep_workdir: bool) -> None:
+@click.option("--netns", is_flag=True, help="Root: CP and three hosts in netns, transparent proxy.")
+def demo(once: bool, keep_workdir: bool, netns: bool) -> None:
     """Run a real mesh on loopback: dev control plane, two apps, kuma-dp + Envoy for each."""
+    if netns:
+        from kuma_dp.demo_netns import run_netns_demo
+
+        sys.exit(run_netns_demo(once))
     sys.exit(run_demo(once, keep_workdir))
