@@ -23,8 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-import httpx
-
+from kuma_dp import _http
 from kuma_dp.component import Component
 
 if TYPE_CHECKING:
@@ -79,39 +78,39 @@ class ConfigFetcher(Component):
         self.paths[path] = PathHandler(handler, not_modified)
 
     async def run(self) -> None:
-        transport = httpx.AsyncHTTPTransport(uds=self.socket)
-        async with httpx.AsyncClient(transport=transport, timeout=self.timeout) as client:
-            self.ready.set()
-            while True:
-                await self.poll_once(client)
-                await asyncio.sleep(self.interval)
+        self.ready.set()
+        while True:
+            await self.poll_once()
+            await asyncio.sleep(self.interval)
 
-    async def poll_once(self, client: httpx.AsyncClient) -> None:
+    async def poll_once(self) -> None:
         """One round over every path, in registration order (as kuma-dp does)."""
         for path, ph in self.paths.items():
             if not os.path.exists(self.socket):
                 return  # Envoy has not created its listener yet
             headers = {"If-None-Match": ph.etag} if ph.etag else {}
             try:
-                resp = await client.get(f"http://localhost{path}", headers=headers)
-            except (httpx.TransportError, OSError) as exc:
-                log.debug("dynconf: GET %s failed: %r", path, exc)
+                resp = await _http.get(
+                    target=path, unix_path=self.socket, headers=headers, timeout=self.timeout
+                )
+            except _http.HttpError as exc:
+                log.debug("dynconf: GET %s failed: %s", path, exc)
                 return
-            if resp.status_code == 304:
+            if resp.status == 304:
                 if ph.not_modified is not None:
                     ph.not_modified()
                 continue
-            if resp.status_code == 404:
+            if resp.status == 404:
                 ph.etag = None
                 continue
-            if resp.status_code != 200:
-                log.warning("dynconf: GET %s answered %d; retrying next interval", path, resp.status_code)
+            if resp.status != 200:
+                log.warning("dynconf: GET %s answered %d; retrying next interval", path, resp.status)
                 ph.etag = None
                 continue
             etag = resp.headers.get("etag")
             ph.fetches += 1
             try:
-                result = ph.handler(resp.content, etag)
+                result = ph.handler(resp.body, etag)
                 if inspect.isawaitable(result):
                     async with asyncio.timeout(self.interval * 5):
                         await result

@@ -1,18 +1,19 @@
-"""A tiny HTTP/1.1 client for Envoy's admin API, over TCP or the unix socket the bootstrap names.
+"""The client for Envoy's admin API, over TCP or the unix socket the bootstrap names.
 
-Only a handful of calls are needed (`/ready`, `/healthcheck/fail`, `/drain_listeners`, `/server_info`), so a
-hand-written request over asyncio streams beats importing an HTTP library into every agent (start-up time
-and RSS, see bench/startup.py). Responses are read to EOF (`Connection: close`), chunked bodies are decoded.
+Only a handful of calls are needed (`/ready`, `/healthcheck/fail`, `/drain_listeners`, `/server_info`); they
+go through the agent's own small HTTP/1.1 client (kuma_dp/_http.py), not an HTTP library, for start-up time
+and RSS (see bench/startup.py). Failures are AdminError (an HttpError) naming the call and the address.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from kuma_dp._http import HttpError, Response, parse_response, request
 
 
 @dataclass(frozen=True)
@@ -34,18 +35,10 @@ class AdminAddress:
         return f"{host}:{self.port}"
 
 
-@dataclass(frozen=True)
-class HttpResponse:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    @property
-    def text(self) -> str:
-        return self.body.decode("utf-8", "replace")
+HttpResponse = Response
 
 
-class AdminError(RuntimeError):
+class AdminError(HttpError):
     """The admin API could not be reached or answered garbage."""
 
 
@@ -96,34 +89,11 @@ def is_loopback_host(host: str) -> bool:
 
 
 def _parse_response(raw: bytes) -> HttpResponse:
-    head, sep, body = raw.partition(b"\r\n\r\n")
-    if not sep:
-        raise AdminError("incomplete HTTP response")
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-        raise AdminError(f"not an HTTP response: {lines[0][:80]!r}")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    if headers.get("transfer-encoding", "").lower() == "chunked":
-        body = _dechunk(body)
-    elif "content-length" in headers:
-        body = body[: int(headers["content-length"])]
-    return HttpResponse(status=int(parts[1]), headers=headers, body=body)
-
-
-def _dechunk(data: bytes) -> bytes:
-    out = bytearray()
-    while data:
-        size_line, _, rest = data.partition(b"\r\n")
-        size = int(size_line.split(b";")[0].strip() or b"0", 16)
-        if size == 0:
-            break
-        out += rest[:size]
-        data = rest[size + 2 :]
-    return bytes(out)
+    """A whole admin response held in memory (kept for the unit tests of the parser)."""
+    try:
+        return parse_response(raw)
+    except HttpError as exc:
+        raise AdminError(str(exc)) from exc
 
 
 async def http_request(
@@ -135,36 +105,21 @@ async def http_request(
     host_header: str | None = None,
 ) -> HttpResponse:
     """One request on a fresh connection. Raises AdminError on connect/read failure or timeout."""
-
-    async def _exchange() -> bytes:
-        if address.socket_path is not None:
-            reader, writer = await asyncio.open_unix_connection(address.socket_path)
-        else:
-            reader, writer = await asyncio.open_connection(address.host, address.port)
-        try:
-            host = host_header or ("localhost" if address.is_unix else str(address))
-            writer.write(
-                f"{method} {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: kuma-dp\r\n"
-                "Content-Length: 0\r\nConnection: close\r\n\r\n".encode("latin-1")
-            )
-            await writer.drain()
-            return await reader.read()
-        finally:
-            writer.close()
-            try:
-                await writer.wait_closed()
-            except OSError:
-                pass
-
+    headers = {"User-Agent": "kuma-dp"}
+    if host_header:
+        headers["Host"] = host_header
     try:
-        raw = await asyncio.wait_for(_exchange(), timeout)
-    except TimeoutError as exc:
-        raise AdminError(f"{method} {target} on {address}: no answer within {timeout:g}s") from exc
-    except ConnectionRefusedError as exc:
-        raise AdminError(f"{method} {target} on {address}: connection refused") from exc
-    except OSError as exc:
-        raise AdminError(f"{method} {target} on {address}: {exc.strerror or exc}") from exc
-    return _parse_response(raw)
+        return await request(
+            method,
+            target,
+            host=address.host,
+            port=address.port,
+            unix_path=address.socket_path,
+            headers=headers,
+            timeout=timeout,
+        )
+    except HttpError as exc:
+        raise AdminError(f"{method} {target} on {address}: {exc}", exc.errno) from exc
 
 
 class AdminClient:

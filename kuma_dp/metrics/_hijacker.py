@@ -35,8 +35,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client import generate_latest as generate_text
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
+from kuma_dp import _http
 from kuma_dp.component import Component
-from kuma_dp.metrics import _http
 from kuma_dp.metrics._agent import AgentMetrics
 from kuma_dp.metrics._merge import merge_envoy_clusters
 

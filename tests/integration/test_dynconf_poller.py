@@ -257,20 +257,19 @@ def test_fetcher_status_handling(short_tmp: Path) -> None:
     async def main() -> None:
         fetcher = ConfigFetcher(sock, interval=0.05)
         fetcher.register("/dns", handler)
-        async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=sock), timeout=5) as client:
-            await fetcher.poll_once(client)  # no socket yet: skipped quietly
-            server = await asyncio.start_unix_server(fake.handle, path=sock)
-            async with server:
-                fake.script = [
-                    (200, b"one", "e1"),  # stored
-                    (304, b"", None),  # kept
-                    (200, b"reject", "e2"),  # handler fails: etag cleared
-                    (200, b"two", "e3"),
-                    (404, b"", None),  # not configured: cleared
-                    (500, b"", None),
-                ]
-                for _ in range(6):
-                    await fetcher.poll_once(client)
+        await fetcher.poll_once()  # no socket yet: skipped quietly
+        server = await asyncio.start_unix_server(fake.handle, path=sock)
+        async with server:
+            fake.script = [
+                (200, b"one", "e1"),  # stored
+                (304, b"", None),  # kept
+                (200, b"reject", "e2"),  # handler fails: etag cleared
+                (200, b"two", "e3"),
+                (404, b"", None),  # not configured: cleared
+                (500, b"", None),
+            ]
+            for _ in range(6):
+                await fetcher.poll_once()
         assert fake.seen == [None, "e1", "e1", None, "e3", None]
         assert got == [b"one", b"two"] and fetcher.paths["/dns"].failures == 1
 

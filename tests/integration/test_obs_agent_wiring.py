@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from kuma_dp._http import get
 from kuma_dp.agent import AgentContext, run_agent
 from kuma_dp.component import Component
 from kuma_dp.config import RunConfig
 from kuma_dp.metrics import agent_metrics, socket_path
-from kuma_dp.metrics._http import get
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration

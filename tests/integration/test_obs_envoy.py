@@ -20,10 +20,10 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from kuma_dp import logs
+from kuma_dp._http import get
 from kuma_dp.accesslog import AccessLogStreamer
 from kuma_dp.envoy._admin import AdminAddress, AdminClient
 from kuma_dp.metrics import AgentMetrics, MetricsHijacker, ScrapeTarget, StartupObserver, socket_path
-from kuma_dp.metrics._http import get
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
