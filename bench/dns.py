@@ -22,8 +22,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,20 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
-
-def free_port() -> int:
-    """A port free for UDP and TCP on 127.0.0.1."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
-            port = int(u.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
+from tests.helpers.dnsmasq import free_udp_tcp_port, start_dnsmasq, stop  # noqa: E402
 
 
 def wait_answering(port: int, name: str, timeout: float = 10.0) -> None:
@@ -73,29 +60,7 @@ def process(cmd: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def dnsmasq_cmd(port: int, *args: str) -> list[str]:
-    return [
-        "dnsmasq",
-        "--no-daemon",
-        "--conf-file=/dev/null",
-        "--no-resolv",
-        "--no-hosts",
-        "--user=root",
-        "--pid-file=",
-        "--listen-address=127.0.0.1",
-        "--bind-interfaces",
-        f"--port={port}",
-        *args,
-    ]
+        stop(proc)
 
 
 @dataclass
@@ -111,30 +76,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def run_dnsperf(port: int, datafile: Path, duration: float, *args: str) -> str:
+    """dnsperf against 127.0.0.1:`port` for `duration` seconds with a 2 s query timeout; its report."""
+    cmd = ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(datafile), "-l", str(duration), "-t", "2"]
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, check=True).stdout
+
+
 def dnsperf(port: int, pid: int, datafile: Path, duration: float, clients: int) -> Result:
     cpu0 = cpu_seconds(pid)
-    out = subprocess.run(
-        [
-            "dnsperf",
-            "-s",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-d",
-            str(datafile),
-            "-l",
-            str(duration),
-            "-c",
-            str(clients),
-            "-q",
-            "200",
-            "-t",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    out = run_dnsperf(port, datafile, duration, "-c", str(clients), "-q", "200")
     qps = float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     avg = float(re.search(r"Average Latency \(s\):\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     lost = float(re.search(r"Queries lost:\s+\d+ \(([\d.]+)%\)", out).group(1))  # type: ignore[union-attr]
@@ -144,27 +94,7 @@ def dnsperf(port: int, pid: int, datafile: Path, duration: float, clients: int) 
 
 def latency_at_rate(port: int, datafile: Path, qps: int, duration: float) -> tuple[float, float, int]:
     """p50 and p99 (ms) at a fixed offered rate, from dnsperf's per-query lines; plus non-NOERROR count."""
-    out = subprocess.run(
-        [
-            "dnsperf",
-            "-s",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-d",
-            str(datafile),
-            "-l",
-            str(duration),
-            "-Q",
-            str(qps),
-            "-v",
-            "-t",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    out = run_dnsperf(port, datafile, duration, "-Q", str(qps), "-v")
     lat = []
     bad = 0
     for line in out.splitlines():
@@ -225,13 +155,10 @@ def main() -> int:
     fwd_q.write_text("".join(f"e-{i:05d}.example.test A\n" for i in range(1000)))
     (tmp / "resolv.conf").write_text("nameserver 127.0.0.1\n")
 
-    origin_port, ours_port, peer_port = free_port(), free_port(), free_port()
+    ours_port = free_udp_tcp_port()
     print(f"bench/dns: {n} mesh names; load average before: {loadavg()} (shared machine: numbers are noisy)")
     with (
-        process(
-            dnsmasq_cmd(origin_port, "--address=/example.test/10.9.9.9", "--local-ttl=3600"),
-            tmp / "origin.log",
-        ),
+        start_dnsmasq(tmp, "--address=/example.test/10.9.9.9", "--local-ttl=3600") as origin,
         process(
             [
                 sys.executable,
@@ -243,7 +170,7 @@ def main() -> int:
                 "--records",
                 str(tmp / "records.json"),
                 "--upstream",
-                f"127.0.0.1:{origin_port}",
+                f"127.0.0.1:{origin.port}",
                 "--resolv-conf",
                 str(tmp / "resolv.conf"),
                 "--log-level",
@@ -251,28 +178,25 @@ def main() -> int:
             ],
             tmp / "ours.log",
         ) as ours,
-        process(
-            dnsmasq_cmd(
-                peer_port,
-                f"--addn-hosts={tmp / 'hosts'}",
-                "--local-ttl=30",
-                "--cache-size=10000",
-                f"--server=127.0.0.1#{origin_port}",
-            ),
-            tmp / "peer.log",
+        start_dnsmasq(
+            tmp,
+            f"--addn-hosts={tmp / 'hosts'}",
+            "--local-ttl=30",
+            "--cache-size=10000",
+            f"--server=127.0.0.1#{origin.port}",
         ) as peer,
     ):
-        for port in (origin_port, ours_port, peer_port):
-            wait_answering(port, "e-00000.example.test" if port == origin_port else "svc-00001.mesh")
+        for port in (origin.port, ours_port, peer.port):
+            wait_answering(port, "e-00000.example.test" if port == origin.port else "svc-00001.mesh")
         # Warm both caches with every forwarded name (one pass, low rate: nothing may be lost).
-        for port in (ours_port, peer_port):
+        for port in (ours_port, peer.port):
             subprocess.run(
                 ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(fwd_q), "-n", "1", "-q", "20"],
                 capture_output=True,
                 check=True,
             )
-        servers = {"kuma-dp dns": ours_port, "dnsmasq": peer_port}
-        pids = {"kuma-dp dns": ours.pid, "dnsmasq": peer.pid}
+        servers = {"kuma-dp dns": ours_port, "dnsmasq": peer.port}
+        pids = {"kuma-dp dns": ours.pid, "dnsmasq": peer.proc.pid}
         results: dict[tuple[str, str], list[Result]] = {}
         for rnd in range(args.rounds):
             order = list(servers.items()) if rnd % 2 == 0 else list(reversed(servers.items()))

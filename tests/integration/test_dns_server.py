@@ -6,13 +6,11 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import dns.flags
@@ -23,6 +21,8 @@ import dns.rdatatype
 import pytest
 
 from kuma_dp.fsutil import atomic_write
+from tests.helpers import dnsmasq
+from tests.helpers.dnsmasq import ServerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -36,21 +36,6 @@ PAYLOAD = {
     "ttl": 30,
     "extraLabels": {"mesh": "default"},
 }
-
-
-def free_udp_tcp_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 (dnsmasq and our server bind both)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
-            port = u.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return int(port)
-    raise RuntimeError("no free port")
 
 
 def query(port: int, name: str, rdtype: str = "A", tcp: bool = False, **kw: object) -> dns.message.Message:
@@ -71,55 +56,13 @@ def dig(port: int, *args: str) -> str:
     return out.stdout
 
 
-@dataclass
-class Proc:
-    proc: subprocess.Popen[str]
-    port: int
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def start_dnsmasq(tmp: Path, *args: str) -> Proc:
+def start_dnsmasq(tmp: Path, *args: str) -> ServerProcess:
     if not shutil.which("dnsmasq"):
         pytest.skip("dnsmasq not installed (apt install dnsmasq-base; ./dev does)")
-    port = free_udp_tcp_port()
-    proc = subprocess.Popen(
-        [
-            "dnsmasq",
-            "--no-daemon",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--user=root",
-            "--pid-file=",
-            "--listen-address=127.0.0.1",
-            "--bind-interfaces",
-            f"--port={port}",
-            *args,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            dns.query.udp(dns.message.make_query("probe.invalid", "A"), "127.0.0.1", port=port, timeout=0.2)
-            return Proc(proc, port)
-        except (dns.exception.Timeout, OSError):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("dnsmasq did not start") from None
+    return dnsmasq.start_dnsmasq(tmp, *args)
 
 
-def start_server(tmp: Path, records: Path, *args: str, search: str = "ns.svc.cluster.local") -> Proc:
+def start_server(tmp: Path, records: Path, *args: str, search: str = "ns.svc.cluster.local") -> ServerProcess:
     resolv = tmp / "resolv.conf"
     resolv.write_text(f"search {search}\nnameserver 127.0.0.1\noptions ndots:5\n")
     cmd = [sys.executable, "-m", "kuma_dp", "dns", "--port", "0", "--records", str(records)]
@@ -136,7 +79,7 @@ def start_server(tmp: Path, records: Path, *args: str, search: str = "ns.svc.clu
     if not line.startswith("listening port="):
         proc.kill()
         raise RuntimeError(f"server did not start: {(tmp / 'server.log').read_text()}")
-    return Proc(proc, int(line.split("=")[1]))
+    return ServerProcess(proc, int(line.split("=")[1]), tmp / "server.log")
 
 
 @pytest.fixture
@@ -147,7 +90,7 @@ def records(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def upstream(tmp_path: Path) -> Iterator[Proc]:
+def upstream(tmp_path: Path) -> Iterator[ServerProcess]:
     hosts = tmp_path / "hosts"
     hosts.write_text("".join(f"10.1.0.{i} big.example.test\n" for i in range(1, 61)))
     p = start_dnsmasq(
@@ -161,13 +104,13 @@ def upstream(tmp_path: Path) -> Iterator[Proc]:
 
 
 @pytest.fixture
-def server(tmp_path: Path, records: Path, upstream: Proc) -> Iterator[Proc]:
+def server(tmp_path: Path, records: Path, upstream: ServerProcess) -> Iterator[ServerProcess]:
     p = start_server(tmp_path, records, "--upstream", f"127.0.0.1:{upstream.port}")
     yield p
     p.stop()
 
 
-def test_dig_mesh_names_udp_and_tcp(server: Proc) -> None:
+def test_dig_mesh_names_udp_and_tcp(server: ServerProcess) -> None:
     for transport in ("+notcp", "+tcp"):
         out = dig(server.port, "HTTPbin.MESH", "A", transport)
         assert "status: NOERROR" in out and " aa " in out.split("flags:")[1].split(";")[0] + " "
@@ -182,7 +125,7 @@ def test_dig_mesh_names_udp_and_tcp(server: Proc) -> None:
     assert "status: NXDOMAIN" in out and "IN\tSOA\tns.mesh. hostmaster.mesh." in out
 
 
-def test_dnspython_edns_noedns_search_domains(server: Proc) -> None:
+def test_dnspython_edns_noedns_search_domains(server: ServerProcess) -> None:
     for kw in ({}, {"use_edns": 0, "payload": 1232}, {"use_edns": 0, "payload": 4096, "want_dnssec": True}):
         for tcp in (False, True):
             r = query(server.port, "backend.test-ns.svc.8080.mesh", "A", tcp=tcp, **kw)
@@ -198,8 +141,10 @@ def test_dnspython_edns_noedns_search_domains(server: Proc) -> None:
     assert r.rcode() == dns.rcode.NOERROR and not r.answer and r.flags & dns.flags.AA
 
 
-def test_forwarding_failover_cache_and_truncation(tmp_path: Path, records: Path, upstream: Proc) -> None:
-    dead = free_udp_tcp_port()  # nothing listens: ICMP port unreachable, then the next server
+def test_forwarding_failover_cache_and_truncation(
+    tmp_path: Path, records: Path, upstream: ServerProcess
+) -> None:
+    dead = dnsmasq.free_udp_tcp_port()  # nothing listens: ICMP port unreachable, then the next server
     srv = start_server(
         tmp_path, records, "--upstream", f"127.0.0.1:{dead}", "--upstream", f"127.0.0.1:{upstream.port}"
     )
@@ -304,7 +249,7 @@ def test_cli_rejects_bad_records_file_and_taken_port(tmp_path: Path) -> None:
     assert busy.returncode == 1 and f"DNS port {port}" in busy.stderr and "in use" in busy.stderr
 
 
-def test_fuzz_over_real_udp_and_tcp(server: Proc) -> None:
+def test_fuzz_over_real_udp_and_tcp(server: ServerProcess) -> None:
     """20,000 random/mutated datagrams and 300 hostile TCP streams; the server keeps answering."""
     import random
 

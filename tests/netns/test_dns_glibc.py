@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.helpers.dnsmasq import start_dnsmasq, stop
 
 pytestmark = pytest.mark.netns
 
@@ -65,45 +65,13 @@ def netns(require_root: None) -> Iterator[str]:
         run("ip", "netns", "del", name, check=False)
 
 
-def stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def test_getent_in_netns_resolves_mesh_and_forwarded_names(netns: str, tmp_path: Path) -> None:
     if not shutil.which("dnsmasq") or not shutil.which("getent"):
         pytest.skip("dnsmasq and getent needed")
-    qlog = tmp_path / "upstream-queries.log"
-    upstream = subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            netns,
-            "dnsmasq",
-            "--no-daemon",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--user=root",
-            "--pid-file=",
-            "--listen-address=127.0.0.1",
-            "--bind-interfaces",
-            "--port=5300",
-            "--address=/example.test/10.9.9.9",
-            "--local-ttl=60",
-            "--log-queries",
-            f"--log-facility={qlog}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    # Port 5300 in the test's own namespace; the log records every query dnsmasq is asked.
+    args = ["--address=/example.test/10.9.9.9", "--local-ttl=60", "--log-queries"]
+    upstream = start_dnsmasq(tmp_path, *args, port=5300, netns=netns)
+    qlog = upstream.log
     records = tmp_path / "records.json"
     records.write_text(json.dumps(PAYLOAD))
     server = subprocess.Popen(
@@ -134,10 +102,6 @@ def test_getent_in_netns_resolves_mesh_and_forwarded_names(netns: str, tmp_path:
         assert server.stdout is not None
         line = server.stdout.readline()
         assert line.startswith("listening port=53"), server.stderr.read() if server.stderr else ""
-        deadline = time.monotonic() + 5
-        while not qlog.exists() or "started" not in qlog.read_text():
-            assert time.monotonic() < deadline and upstream.poll() is None, "dnsmasq did not start"
-            time.sleep(0.05)
 
         def getent(db: str, name: str) -> str:
             return run("ip", "netns", "exec", netns, "getent", db, name, check=False).stdout
@@ -159,4 +123,4 @@ def test_getent_in_netns_resolves_mesh_and_forwarded_names(netns: str, tmp_path:
         assert "backend.mesh" not in log and "v4only.mesh" not in log  # ... and never for mesh names
     finally:
         stop(server)
-        stop(upstream)
+        upstream.stop()
