@@ -15,8 +15,9 @@ Each host gets its own `/etc/netns/<ns>/resolv.conf` (`ip netns exec` bind-mount
 whose name server is the CP host's address: nothing answers DNS there, so a mesh name can only be resolved by
 the agent's DNS proxy, which `--redirect-dns` puts in front of that name server.
 
-Who runs as uid 5678: root installs the rules (`kuma-dp transparent-proxy install --redirect-dns` inside the
-host's namespace), then starts `kuma-dp run --transparent-proxy` *as uid 5678* (`setpriv`), so the agent, its
+Who runs as uid 5678: root installs the rules (`kuma-dp transparent-proxy install --config tproxy.yaml`, which
+says `redirect.dns.enabled` = `--redirect-dns`, inside the host's namespace), then starts `kuma-dp run
+--transparent-proxy-config tproxy.yaml` *as uid 5678* (`setpriv`), so the agent, its
 DNS proxy and Envoy all run as the uid the rules exclude. The agent never needs root and never drops
 privileges itself; this is how Kuma's systemd unit runs it too (`User=kuma-dp`). The Python that runs the
 agent must therefore be executable by uid 5678 (not a /root/.pyenv one): `preflight()` checks and says so.
@@ -71,6 +72,16 @@ networking:
         kuma.io/protocol: http
   admin:
     port: {ADMIN_PORT}
+"""
+
+#: One transparent-proxy config for both sides, as Kuma's VM guide has it: the installer (`--config`) and the
+#: agent (`--transparent-proxy-config`) must agree, or the CP would e.g. send IPv6 VIPs to an IPv4-only host.
+TPROXY_CONFIG = f"""\
+kumaDPUser: "{PROXY_UID}"
+ipFamilyMode: ipv4
+redirect:
+  dns:
+    enabled: true
 """
 
 T = TypeVar("T")
@@ -147,6 +158,8 @@ class Topology:
         os.chmod(self.base, 0o755)  # uid 5678 walks into its own work dirs below
         (self.base / "dataplane.yaml").write_text(DATAPLANE_TEMPLATE)
         os.chmod(self.base / "dataplane.yaml", 0o644)
+        (self.base / "tproxy.yaml").write_text(TPROXY_CONFIG)
+        os.chmod(self.base / "tproxy.yaml", 0o644)
         self._add_ns(self.lan)
         sh("ip", "-n", self.lan, "link", "add", "kvm-br", "type", "bridge")
         sh("ip", "-n", self.lan, "link", "set", "kvm-br", "up")
@@ -241,8 +254,9 @@ class Topology:
 
     def install_rules(self, host: Host) -> None:
         """Root installs the rules inside the host (so /etc/resolv.conf is the host's own)."""
-        argv = [self.python, "-m", "kuma_dp", "transparent-proxy", "install", "--redirect-dns",
-                "--kuma-dp-user", str(PROXY_UID), "--ip-family-mode", "ipv4"]  # fmt: skip
+        assert self.base is not None
+        argv = [self.python, "-m", "kuma_dp", "transparent-proxy", "install",
+                "--config", str(self.base / "tproxy.yaml")]  # fmt: skip
         r = self.exec(host, argv, timeout=120)
         if r.returncode != 0:
             raise NetnsDemoError(f"transparent-proxy install on {host.ns} failed: {r.stderr.strip()}")
@@ -254,7 +268,7 @@ class Topology:
             "--cp-address", f"http://{CP_IP}:{CP_PORT}",
             "--dataplane-file", str(self.base / "dataplane.yaml"),
             "-v", f"name={host.role}", "-v", f"address={host.ip}", "-v", f"service={host.service}",
-            "--transparent-proxy",
+            "--transparent-proxy-config", str(self.base / "tproxy.yaml"),
             "--binary-path", self.envoy,
             "--work-dir", str(host.workdir / "kuma-dp"),
             "--drain-time", self.drain_time,
@@ -270,7 +284,7 @@ class Topology:
         return r.returncode == 0 and r.stdout.strip() == "LIVE"
 
     def admin(self, host: Host | str, path: str) -> str:
-        r = self.exec(host, ["curl", "-fsS", f"http://127.0.0.1:{ADMIN_PORT}{path}"], timeout=10)
+        r = self.exec(host, ["curl", "-fsSg", f"http://127.0.0.1:{ADMIN_PORT}{path}"], timeout=10)
         return r.stdout if r.returncode == 0 else ""
 
     def _alive(self, host: Host, name: str) -> bool:
