@@ -210,7 +210,16 @@ def from_agent(ctx: AgentContext) -> DNSComponent | None:
         return None
     rt = cfg.dataplane_runtime
     tproxy = bool(rt.transparent_proxy or rt.transparent_proxy_config)
-    addresses = bind_addresses(tproxy, vnet=False, ip_family="dualstack" if rt.ipv6_enabled else "ipv4")
+    asked = [a.strip() for a in os.environ.get("KUMA_DNS_PROXY_ADDRESS", "").split(",") if a.strip()]
+    if asked:
+        addresses = asked
+    elif tproxy:
+        addresses = bind_addresses(True, vnet=False, ip_family="dualstack" if rt.ipv6_enabled else "ipv4")
+    else:
+        # Deviation from Kuma (which binds 0.0.0.0 here): without the transparent proxy nothing redirects
+        # to this server, so a wider bind would only add an open resolver on every interface. Loopback
+        # unless the operator asks, e.g. KUMA_DNS_PROXY_ADDRESS=0.0.0.0 for Kuma's behaviour.
+        addresses = ["127.0.0.1"]
     try:
         stale_after = float(os.environ.get("KUMA_DNS_PROXY_TABLE_STALE_AFTER", "300"))
     except ValueError:
@@ -225,9 +234,5 @@ def from_agent(ctx: AgentContext) -> DNSComponent | None:
         stale_after=stale_after,
         parallel=parallel,
     )
-    handlers = getattr(ctx, "dynconf_handlers", None)
-    if handlers is None:
-        handlers = {}
-        ctx.dynconf_handlers = handlers  # type: ignore[attr-defined]
-    handlers["/dns"] = (comp.update_async, comp.not_modified)
+    ctx.dynconf_handlers["/dns"] = (comp.update_async, comp.not_modified)
     return comp
