@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
@@ -263,27 +264,8 @@ async def request(
         raise HttpError(f"no answer within {timeout:g}s") from exc
 
 
-async def get(
-    *,
-    target: str,
-    host: str | None = None,
-    port: int | None = None,
-    unix_path: str | None = None,
-    headers: Mapping[str, str] | None = None,
-    source_address: str | None = None,
-    timeout: float | None = None,
-) -> Response:
-    """`request("GET", ...)`."""
-    return await request(
-        "GET",
-        target,
-        host=host,
-        port=port,
-        unix_path=unix_path,
-        headers=headers,
-        source_address=source_address,
-        timeout=timeout,
-    )
+#: `request("GET", target=..., ...)`.
+get = functools.partial(request, "GET")
 
 
 # ------------------------------------------------------------------------------------------------- server

@@ -33,12 +33,12 @@ def free_udp_tcp_port() -> int:
     raise RuntimeError("no port free for both UDP and TCP on 127.0.0.1")
 
 
-def stop(proc: subprocess.Popen[bytes] | subprocess.Popen[str]) -> None:
-    """SIGTERM, then SIGKILL after 5 s; safe to call twice."""
+def stop(proc: subprocess.Popen[bytes] | subprocess.Popen[str], grace: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds; safe to call twice."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(5)
+            proc.wait(grace)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
