@@ -39,6 +39,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
+from kuma_dp import _http
 from kuma_dp.config import RunConfig
 from kuma_dp.dataplane import DataplaneResource, go_json
 from kuma_dp.fsutil import atomic_write
@@ -411,71 +412,21 @@ def _describe_transport_error(exc: BaseException, cfg: RunConfig) -> str:
     return msg
 
 
-@dataclass(frozen=True)
-class _Response:
-    status: int
-    content_type: str
-    body: bytes
-
-
-async def _read_response(reader: asyncio.StreamReader) -> _Response:
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-        raise ValueError(f"not an HTTP response: {lines[0][:80]!r}")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        if line:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-    if headers.get("transfer-encoding", "").lower() == "chunked":
-        chunks = bytearray()
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).split(b";")[0].strip() or b"0", 16)
-            if size == 0:
-                break
-            chunks += await reader.readexactly(size)
-            await reader.readexactly(2)
-        body = bytes(chunks)
-    elif "content-length" in headers:
-        body = await reader.readexactly(int(headers["content-length"]))
-    else:
-        body = await reader.read()
-    return _Response(int(parts[1]), headers.get("content-type", ""), body)
-
-
-async def _exchange(url: str, body: bytes, ctx: ssl.SSLContext | None) -> _Response:
-    """One POST on a fresh connection (HTTP/1.1, Connection: close).
-
-    A few lines of asyncio streams instead of an HTTP library: the agent makes this one request per start,
-    and an HTTP stack would cost start-up time and resident memory for nothing.
-    """
+async def _exchange(url: str, body: bytes, ctx: ssl.SSLContext | None) -> _http.Response:
+    """One POST on a fresh connection (HTTP/1.1, Connection: close), with the agent's small HTTP module:
+    the agent makes this one request per start, and an HTTP library would cost start-up time and resident
+    memory for nothing."""
     parts = urlsplit(url)
     host = parts.hostname or "localhost"
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    netloc = parts.netloc.rpartition("@")[2]
-    reader, writer = await asyncio.open_connection(
-        host, port, ssl=ctx, server_hostname=host if ctx is not None else None
-    )
-    try:
-        writer.write(
-            (
-                f"POST {parts.path or '/'} HTTP/1.1\r\nHost: {netloc}\r\n"
-                f"User-Agent: kuma-dp/{_our_version()}\r\naccept: application/json\r\n"
-                f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
-                "Connection: close\r\n\r\n"
-            ).encode("latin-1")
-            + body
-        )
-        await writer.drain()
-        return await _read_response(reader)
-    finally:
-        writer.close()
-        try:
-            await writer.wait_closed()
-        except (OSError, ssl.SSLError):
-            pass
+    headers = {
+        "Host": parts.netloc.rpartition("@")[2],
+        "User-Agent": f"kuma-dp/{_our_version()}",
+        "accept": "application/json",
+        "content-type": "application/json",
+    }
+    return await _http.request("POST", parts.path or "/", host=host, port=port, headers=headers, body=body,
+                               ssl=ctx)  # fmt: skip
 
 
 def _our_version() -> str:
@@ -490,11 +441,14 @@ async def _attempt(
     try:
         async with asyncio.timeout(timeout):
             resp = await _exchange(url, body, ctx)
-    except (OSError, TimeoutError, EOFError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+    except _http.HttpError as exc:
+        # The transport's own exception (TLS verification, refused, reset) words the message best.
+        cause = exc.__cause__
+        described = cause if isinstance(cause, OSError | EOFError) else exc
+        raise BootstrapError(_describe_transport_error(described, cfg)) from None
+    except (OSError, TimeoutError, EOFError, ValueError, asyncio.LimitOverrunError) as exc:
         raise BootstrapError(_describe_transport_error(exc, cfg)) from None
-    except ValueError as exc:
-        raise BootstrapError(f"request to bootstrap server failed: {exc}") from None
-    return parse_response(resp.status, resp.content_type, resp.body)
+    return parse_response(resp.status, resp.headers.get("content-type", ""), resp.body)
 
 
 async def fetch_bootstrap(
