@@ -239,8 +239,31 @@ def _socket(address: str, port: int) -> dict[str, Any]:
     return {"socketAddress": {"address": address, "portValue": port}}
 
 
-def _network_filter(stat_prefix: str, cluster: str, protocol: str, virtual_host: str) -> dict[str, Any]:
+#: What a Kuma 2.x default mesh's `mesh-retry-all-default` MeshRetry gives every outbound (Kuma's
+#: `HttpRetryOnDefault` / `GrpcRetryOnDefault`, 5 retries, 16 s per try, 25-250 ms back-off, 5 TCP
+#: connect attempts): without it an endpoint that just went away (a drained and stopped backend, before
+#: the CP's EDS push arrives) fails the request instead of it being retried on another endpoint.
+HTTP_RETRY_ON = "gateway-error,connect-failure,refused-stream"
+GRPC_RETRY_ON = "cancelled,connect-failure,gateway-error,refused-stream,reset,resource-exhausted,unavailable"
+MAX_CONNECT_ATTEMPTS = 5
+
+
+def _retry_policy(protocol: str) -> dict[str, Any]:
+    return {
+        "retryOn": GRPC_RETRY_ON if protocol == "grpc" else HTTP_RETRY_ON,
+        "numRetries": 5,
+        "perTryTimeout": "16s",
+        "retryBackOff": {"baseInterval": "0.025s", "maxInterval": "0.250s"},
+    }
+
+
+def _network_filter(
+    stat_prefix: str, cluster: str, protocol: str, virtual_host: str, outbound: bool = False
+) -> dict[str, Any]:
     if protocol in HTTP_PROTOCOLS:
+        route: dict[str, Any] = {"cluster": cluster, "timeout": "15s"}
+        if outbound:
+            route["retryPolicy"] = _retry_policy(protocol)
         hcm = {
             "@type": HCM,
             "statPrefix": stat_prefix,
@@ -251,9 +274,7 @@ def _network_filter(stat_prefix: str, cluster: str, protocol: str, virtual_host:
                     {
                         "name": virtual_host,
                         "domains": ["*"],
-                        "routes": [
-                            {"match": {"prefix": "/"}, "route": {"cluster": cluster, "timeout": "15s"}}
-                        ],
+                        "routes": [{"match": {"prefix": "/"}, "route": route}],
                     }
                 ],
             },
@@ -261,10 +282,10 @@ def _network_filter(stat_prefix: str, cluster: str, protocol: str, virtual_host:
         if protocol in {"http2", "grpc"}:
             hcm["http2ProtocolOptions"] = {}
         return {"name": "envoy.filters.network.http_connection_manager", "typedConfig": hcm}
-    return {
-        "name": "envoy.filters.network.tcp_proxy",
-        "typedConfig": {"@type": TCP_PROXY, "statPrefix": stat_prefix, "cluster": cluster},
-    }
+    tcp: dict[str, Any] = {"@type": TCP_PROXY, "statPrefix": stat_prefix, "cluster": cluster}
+    if outbound:
+        tcp["maxConnectAttempts"] = MAX_CONNECT_ATTEMPTS
+    return {"name": "envoy.filters.network.tcp_proxy", "typedConfig": tcp}
 
 
 def _listener(
@@ -337,7 +358,7 @@ def generate(proxy: Proxy, services: Mapping[str, Service], vips: Mapping[str, s
             endpoints = [(e.address, e.port) for e in svc.endpoints] if svc else []
             snap.add(ENDPOINT_TYPE, _load_assignment(service, endpoints))
         name = f"outbound:{address}:{port}"
-        filt = _network_filter(service, service, protocol, service)
+        filt = _network_filter(service, service, protocol, service, outbound=True)
         snap.add(LISTENER_TYPE, _listener(name, address, port, filt, "OUTBOUND", bind=not proxy.transparent))
 
     if proxy.transparent:
