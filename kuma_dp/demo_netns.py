@@ -403,8 +403,9 @@ def make_app(service: str, instance: str, port: int) -> ThreadingHTTPServer:
             self.send_response(200)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            # Headers and body in one write, as most servers do: a response is then never half-sent.
+            self._headers_buffer.append(b"\r\n" + data)
+            self.flush_headers()
 
         def log_message(self, format: str, *args: Any) -> None:
             pass

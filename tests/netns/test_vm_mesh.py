@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -137,6 +138,16 @@ def test_vm_sigterm_drains_in_flight_and_moves_new_requests(vm: Topology) -> Non
     wait_endpoints(vm, ["10.213.0.11:10001", "10.213.0.12:10001"])
     be2 = vm.hosts["be2"]
     agent = be2.procs["kuma-dp"]
+    during: list[dict[str, Any]] = []
+    moved = threading.Event()
+
+    def keep_asking() -> None:
+        # New requests all along the drain, until web's Envoy holds be1 alone.
+        while not moved.is_set():
+            during.append(vm.curl("web", URL))
+            if vm.endpoints("web", "backend") == ["10.213.0.11:10001"]:
+                moved.set()
+
     with ThreadPoolExecutor(max_workers=6) as pool:
         # Slow requests (the app sleeps 2 s) spread over both backends: some are in flight on be2.
         slow = [pool.submit(vm.curl, "web", URL + "?delay=2", 20) for _ in range(4)]
@@ -146,13 +157,20 @@ def test_vm_sigterm_drains_in_flight_and_moves_new_requests(vm: Topology) -> Non
             "a request in flight on be2",
         )
         agent.send_signal(signal.SIGTERM)
+        asker = pool.submit(keep_asking)
         results = [f.result() for f in slow]
+        try:
+            assert agent.wait(30) == 0
+            be2.procs.pop("kuma-dp")
+            # Once be2's Envoy is gone the CP pushes web one endpoint fewer.
+            assert moved.wait(30), "web's Envoy still has be2's endpoint"
+        finally:
+            moved.set()
+            asker.result()
     assert all(ok(r) for r in results), results
     assert "be2" in {r["body"]["instance"] for r in results}  # be2 finished what it had accepted
-    assert agent.wait(30) == 0
-    be2.procs.pop("kuma-dp")
-    # Once be2's Envoy is gone the CP pushes web one endpoint fewer; new requests all go to be1.
-    wait_endpoints(vm, ["10.213.0.11:10001"])
+    failed = [r for r in during if not ok(r)]
+    assert failed == [], f"{len(failed)} of {len(during)} new requests failed during the drain: {failed[:3]}"
     assert {answer(vm)["body"]["instance"] for _ in range(6)} == {"be1"}
     assert not [p for p in processes_in(be2.ns) if "envoy" in p.name()]
 
