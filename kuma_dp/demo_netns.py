@@ -17,10 +17,10 @@ the agent's DNS proxy, which `--redirect-dns` puts in front of that name server.
 
 Who runs as uid 5678: root installs the rules (`kuma-dp transparent-proxy install --config tproxy.yaml`, which
 says `redirect.dns.enabled` = `--redirect-dns`, inside the host's namespace), then starts `kuma-dp run
---transparent-proxy-config tproxy.yaml` *as uid 5678* (`setpriv`), so the agent, its
-DNS proxy and Envoy all run as the uid the rules exclude. The agent never needs root and never drops
-privileges itself; this is how Kuma's systemd unit runs it too (`User=kuma-dp`). The Python that runs the
-agent must therefore be executable by uid 5678 (not a /root/.pyenv one): `preflight()` checks and says so.
+--transparent-proxy-config tproxy.yaml` *as uid 5678* (`setpriv`), so the agent, its DNS proxy and Envoy all
+run as the uid the rules exclude. The agent never needs root and never drops privileges itself, as with the
+packaged systemd unit (`User=kuma-dp`). The Python that runs the agent must therefore be executable by uid
+5678 (not a /root/.pyenv one): `preflight()` checks and says so.
 
 The same `Topology` class is the harness of `tests/netns/test_vm_*.py` (through `tests/helpers/vmhosts.py`).
 """
@@ -371,6 +371,11 @@ class Topology:
 
     def close(self) -> list[str]:
         """Stop every process, delete every namespace and resolv.conf we made; returns what was left."""
+        for host in self.hosts.values():  # all at once: the agents' drains overlap instead of adding up
+            for proc in host.procs.values():
+                if proc.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.send_signal(signal.SIGTERM)
         for host in reversed(list(self.hosts.values())):
             for name in reversed(list(host.procs)):
                 with contextlib.suppress(Exception):
@@ -524,8 +529,11 @@ def run_netns_demo(once: bool, out: Any = None) -> int:
         say("\nRunning. Press Ctrl-C to stop (everything above is removed).")
         while not stop.is_set():
             for h in topo.hosts.values():
-                for name in list(h.procs):
-                    topo._alive(h, name)
+                for name, proc in list(h.procs.items()):
+                    if proc.poll() is not None:  # e.g. the person stopped an agent: say so, keep running
+                        log = h.workdir / f"{name}.log"
+                        say(f"  {name} on {h.ns} exited with code {proc.returncode}; see {log}")
+                        del h.procs[name]
             time.sleep(0.5)
     except KeyboardInterrupt:
         say("\nstopping...")
@@ -539,6 +547,8 @@ def run_netns_demo(once: bool, out: Any = None) -> int:
         if left:
             click.echo(f"demo: could not remove namespaces {left}", err=True)
             code = 1
+        else:
+            say("all processes stopped; namespaces, veths, rules and resolv.conf files removed")
     return code
 
 
