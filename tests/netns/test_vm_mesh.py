@@ -122,7 +122,9 @@ def test_vm_control_plane_down_traffic_and_dns_keep_working(vm: Topology) -> Non
             assert vm.hosts[role].procs["kuma-dp"].poll() is None, f"kuma-dp on {role} exited without its CP"
     finally:
         vm.start_cp()
-    # The CP came back empty; every agent's Envoy reconnects and re-registers its Dataplane.
+    # The CP came back empty (the dev CP keeps dataplanes in memory); every agent's Envoy reconnects and
+    # re-registers its Dataplane. Until the backends have, web may briefly get a snapshot without them, so
+    # traffic is checked once all are back (see README, known gap).
     for role in ("web", "be1", "be2"):
         wait_until(
             lambda r=role: stat(vm, r, "control_plane.connected_state") == 1, 60, f"{role} to reconnect"
