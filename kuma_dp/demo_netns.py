@@ -38,10 +38,8 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -242,7 +240,7 @@ class Topology:
         self.stop(self.hosts["cp"], "dev-cp")
 
     def start_app(self, host: Host, instance: str) -> None:
-        self.spawn(host, "app", [self.python, "-m", "kuma_dp.demo_netns", "app", "--service", host.service,
+        self.spawn(host, "app", [self.python, "-m", "kuma_dp.devcp.demoapp", "--service", host.service,
                                  "--instance", instance, "--port", str(APP_PORT)], uid=APP_UID)  # fmt: skip
 
         def up() -> bool:
@@ -391,36 +389,6 @@ class Topology:
 
 
 # -- the demo app (a plain HTTP server; knows nothing about the mesh) ---------------------------------------
-def make_app(service: str, instance: str, port: int) -> ThreadingHTTPServer:
-    """`GET /?delay=S` sleeps S seconds first (for the drain scenario) and answers who served it."""
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self) -> None:
-            query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
-            delay = float(query.get("delay", ["0"])[0])
-            if delay > 0:
-                time.sleep(min(delay, 60))
-            data = json.dumps(
-                {"service": service, "instance": instance, "request_headers": dict(self.headers.items())}
-            ).encode()
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(data)))
-            # Headers and body in one write, as most servers do: a response is then never half-sent.
-            self._headers_buffer.append(b"\r\n" + data)
-            self.flush_headers()
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    server.daemon_threads = True
-    return server
-
-
-# -- checks shared by `demo --netns --once` and the tests ----------------------------------------------------
 def seen_headers(resp: dict[str, Any]) -> dict[str, str]:
     """Request headers as the backend app saw them (lower-cased names)."""
     body = resp.get("body")
@@ -550,21 +518,3 @@ def run_netns_demo(once: bool, out: Any = None) -> int:
         else:
             say("all processes stopped; namespaces, veths, rules and resolv.conf files removed")
     return code
-
-
-def _app_main() -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(description="the VM demo's backend app")
-    parser.add_argument("--service", required=True)
-    parser.add_argument("--instance", required=True)
-    parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args(sys.argv[2:])
-    server = make_app(args.service, args.instance, args.port)
-    with contextlib.suppress(KeyboardInterrupt):
-        server.serve_forever()
-    server.server_close()
-
-
-if __name__ == "__main__" and sys.argv[1:2] == ["app"]:
-    _app_main()

@@ -3,7 +3,8 @@ calls it.
 
 `GET /` answers JSON `{"service", "instance", "request_headers"}`; with `--upstream URL` it also calls the
 upstream (through its Envoy's outbound) and embeds that answer plus the response headers Envoy added, which
-is the visible proof that a request crossed both Envoys.
+is the visible proof that a request crossed both Envoys. `GET /?delay=S` sleeps S seconds first (at most
+60), so a drain test has requests in flight.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import threading
+import time
+import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -20,7 +23,13 @@ def make_server(service: str, instance: str, port: int, upstream: str | None = N
     """A threaded HTTP server on 127.0.0.1:port (0: any free port)."""
 
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
         def do_GET(self) -> None:
+            query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
+            delay = float(query.get("delay", ["0"])[0])
+            if delay > 0:
+                time.sleep(min(delay, 60))
             body: dict[str, Any] = {
                 "service": service,
                 "instance": instance,
@@ -42,8 +51,9 @@ def make_server(service: str, instance: str, port: int, upstream: str | None = N
             self.send_response(status)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            # Headers and body in one write, as most servers do: a response is then never half-sent.
+            self._headers_buffer.append(b"\r\n" + data)
+            self.flush_headers()
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
