@@ -78,6 +78,17 @@ def skip_name(buf: bytes, off: int) -> int:
         off += 1 + n
 
 
+def skip_questions(buf: bytes, qd: int) -> int:
+    """Offset just past the question section of a message with `qd` questions, or -1 if it is cut short."""
+    off = 12
+    for _ in range(qd):
+        off = skip_name(buf, off)
+        if off < 0:
+            return -1
+        off += 4
+    return off
+
+
 def question_end(buf: bytes) -> int:
     """Offset just past the first question (uncompressed name + type + class), or -1."""
     off = 12
@@ -151,12 +162,9 @@ def rr_ttl_offsets(buf: bytes) -> tuple[list[int], int] | None:
     if len(buf) < 12:
         return None
     _, _, qd, an, ns, ar = HEADER.unpack_from(buf)
-    off = 12
-    for _ in range(qd):
-        off = skip_name(buf, off)
-        if off < 0:
-            return None
-        off += 4
+    off = skip_questions(buf, qd)
+    if off < 0:
+        return None
     offsets: list[int] = []
     min_ttl = 1 << 31
     for _ in range(an + ns + ar):
@@ -178,12 +186,9 @@ def rr_ttl_offsets(buf: bytes) -> tuple[list[int], int] | None:
 def negative_ttl(buf: bytes) -> int | None:
     """RFC 2308 negative-caching TTL: min(SOA TTL, SOA MINIMUM) from the authority section, or None."""
     _, _, qd, an, ns, _ = HEADER.unpack_from(buf)
-    off = 12
-    for _ in range(qd):
-        off = skip_name(buf, off)
-        if off < 0:
-            return None
-        off += 4
+    off = skip_questions(buf, qd)
+    if off < 0:
+        return None
     for i in range(an + ns):
         off = skip_name(buf, off)
         if off < 0 or off + 10 > len(buf):
@@ -203,12 +208,9 @@ def strip_additional_opt(buf: bytes) -> bytes:
     _, _, qd, an, ns, ar = HEADER.unpack_from(buf)
     if not ar:
         return buf
-    off = 12
-    for _ in range(qd):
-        off = skip_name(buf, off)
-        if off < 0:
-            return buf
-        off += 4
+    off = skip_questions(buf, qd)
+    if off < 0:
+        return buf
     for _ in range(an + ns):
         off = skip_name(buf, off)
         if off < 0 or off + 10 > len(buf):
