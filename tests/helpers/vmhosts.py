@@ -43,11 +43,16 @@ def processes_in(ns: str) -> list[psutil.Process]:
 
 
 def stat(topo: Topology, host: str, name: str) -> int | None:
-    """One Envoy counter/gauge from the host's admin API (None when Envoy does not answer)."""
-    out = topo.admin(host, f"/stats?filter=^{name.replace('.', '[.]')}$")
+    """One Envoy counter/gauge from the host's admin API (None when Envoy does not answer).
+
+    Envoy versions differ in whether ':' in a stat prefix (`inbound:10.0.0.1:80`) stays or becomes '_', so
+    names are compared with ':' read as '_'."""
+    suffix = name.rsplit(".", 1)[-1]
+    out = topo.admin(host, f"/stats?filter=[.]{suffix}$")
+    want = name.replace(":", "_")
     for line in out.splitlines():
         key, _, value = line.partition(": ")
-        if key == name:
+        if key.replace(":", "_") == want:
             return int(value)
     return None
 
