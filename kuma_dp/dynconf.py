@@ -126,7 +126,7 @@ def from_agent(ctx: AgentContext) -> ConfigFetcher | None:
     """Agent factory: registers the handlers other components put in `ctx.dynconf_handlers` (path -> handler
     or (handler, not_modified)); with none, the fetcher is not started.
     """
-    handlers: dict[str, object] = getattr(ctx, "dynconf_handlers", {}) or {}
+    handlers = ctx.dynconf_handlers
     if not handlers:
         return None
     interval = ctx.cfg.dataplane_runtime.dynamic_configuration_refresh_interval or DEFAULT_INTERVAL
