@@ -9,13 +9,14 @@ No pytest here: bench/dns.py imports it as well.
 
 from __future__ import annotations
 
-import signal
 import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+
+from tests.helpers.procs import stop
 
 
 def free_udp_tcp_port() -> int:
@@ -31,17 +32,6 @@ def free_udp_tcp_port() -> int:
                     continue
                 return port
     raise RuntimeError("no port free for both UDP and TCP on 127.0.0.1")
-
-
-def stop(proc: subprocess.Popen[bytes] | subprocess.Popen[str], grace: float = 5.0) -> None:
-    """SIGTERM, then SIGKILL after `grace` seconds; safe to call twice."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @dataclass

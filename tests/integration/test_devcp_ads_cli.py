@@ -16,6 +16,7 @@ import pytest
 from kuma_dp.devcp.localmesh import wait_until
 from tests.conftest import free_port
 from tests.helpers.fake_cp import make_token
+from tests.helpers.procs import stop
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -61,13 +62,7 @@ def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
     started: list[subprocess.Popen[bytes]] = []
     yield started
     for proc in reversed(started):
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(proc, grace=15)
 
 
 def _run(tmp: Path, cp: DevCp, name: str, envoy: str, token: str | None) -> subprocess.Popen[bytes]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 
 from kuma_dp.devcp.localmesh import dynconf_get, wait_until
 from tests.conftest import free_port
+from tests.helpers.procs import stop
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -67,10 +67,4 @@ def test_kuma_dp_run_over_tls(short_tmp: Path, envoy_binary: str) -> None:
         assert payload["records"] == [{"name": "secure.mesh", "ips": ["240.0.0.0"]}]
     finally:
         for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop(proc, grace=15)

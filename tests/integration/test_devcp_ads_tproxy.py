@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import uuid
@@ -18,6 +17,7 @@ import pytest
 import yaml
 
 from kuma_dp.devcp.localmesh import ads_bootstrap, wait_until
+from tests.helpers.procs import stop
 
 pytestmark = [pytest.mark.integration, pytest.mark.netns, pytest.mark.timeout(120)]
 
@@ -63,13 +63,7 @@ class Netns:
 
     def close(self) -> None:
         for proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop(proc, grace=10)
         subprocess.run(["ip", "netns", "del", self.name], check=False)
 
 

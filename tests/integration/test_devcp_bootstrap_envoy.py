@@ -31,6 +31,7 @@ from kuma_dp.devcp.bootstrap_server import BootstrapService, start_bootstrap_ser
 from kuma_dp.devcp.state import Store
 from kuma_dp.fsutil import atomic_write
 from tests.conftest import free_port
+from tests.helpers.procs import stop
 
 pytestmark = pytest.mark.integration
 
@@ -164,16 +165,6 @@ def _start_envoy(envoy_binary: str, config: Path, log: Path) -> subprocess.Popen
         )
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.mark.parametrize("tls", [False, True], ids=["plaintext-tcp-admin", "tls-unix-admin"])
 def test_envoy_goes_live_on_a_devcp_bootstrap(
     tls: bool, envoy_binary: str, ca: trustme.CA, short_tmp: Path, fake_ads: FakeAds
@@ -256,4 +247,4 @@ def test_envoy_goes_live_on_a_devcp_bootstrap(
                 time.sleep(0.1)
             assert state == "LIVE", (short_tmp / "envoy.log").read_text()
     finally:
-        _stop(proc)
+        stop(proc)

@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from kuma_dns.component import DNSComponent
 from kuma_dp.dynconf import ConfigFetcher, socket_path
+from tests.helpers.procs import stop
 
 pytestmark = pytest.mark.integration
 
@@ -88,13 +89,8 @@ class Envoy:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc:
+            stop(self.proc, grace=10)
         sock = Path(socket_path(self.workdir))
         sock.unlink(missing_ok=True)  # the source is *gone*, not just refusing
 

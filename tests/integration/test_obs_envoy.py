@@ -25,6 +25,7 @@ from kuma_dp.accesslog import AccessLogStreamer
 from kuma_dp.envoy._admin import AdminAddress, AdminClient
 from kuma_dp.metrics import AgentMetrics, MetricsHijacker, ScrapeTarget, StartupObserver, socket_path
 from tests.conftest import free_port
+from tests.helpers.procs import stop
 
 pytestmark = pytest.mark.integration
 
@@ -407,12 +408,7 @@ async def _scenario(envoy: str, tmp: Path) -> None:
                 assert "kuma_dp_metrics_scrape_failures" in names and "app_orders" not in names
                 assert not any(n.startswith("envoy_") for n in names)
             finally:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                stop(proc, grace=10)
         for c in (c1, c2):
             assert c.server is not None
             c.server.close()

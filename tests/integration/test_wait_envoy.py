@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, free_port
+from tests.helpers.procs import stop
 
 pytestmark = pytest.mark.integration
 
@@ -30,12 +31,7 @@ def envoys(envoy_binary: str) -> Iterator[list[subprocess.Popen[bytes]]]:
     procs: list[subprocess.Popen[bytes]] = []
     yield procs
     for p in procs:
-        p.terminate()
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+        stop(p, grace=10)
 
 
 def start_envoy(envoys: list[subprocess.Popen[bytes]], binary: str, bootstrap: Path) -> None:

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.dnsmasq import start_dnsmasq, stop
+from tests.helpers.dnsmasq import start_dnsmasq
+from tests.helpers.procs import stop
 
 pytestmark = pytest.mark.netns
 
