@@ -29,7 +29,7 @@ __all__ = ["StartupObserver", "hijacker_component", "startup_observer_component"
 
 def _uses_transparent_proxy(ctx: AgentContext) -> bool:
     rt = ctx.cfg.dataplane_runtime
-    return bool(getattr(rt, "transparent_proxy", False) or getattr(rt, "transparent_proxy_config", None))
+    return bool(rt.transparent_proxy or rt.transparent_proxy_config)
 
 
 def hijacker_component(
