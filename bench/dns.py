@@ -35,8 +35,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.helpers.dnsmasq import free_udp_tcp_port, start_dnsmasq  # noqa: E402
-from tests.helpers.procs import stop  # noqa: E402
+from kuma_dp_dev.harness.dnsmasq import free_udp_tcp_port, start_dnsmasq  # noqa: E402
+from kuma_dp_dev.harness.procs import stop  # noqa: E402
 
 
 def wait_answering(port: int, name: str, timeout: float = 10.0) -> None:

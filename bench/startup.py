@@ -8,7 +8,7 @@ machine load hits all alike, `--reps` times each, median reported:
 * bare Envoy, with kuma-dp's command line: time from spawn to the admin API's `/ready` = 200 (LIVE);
 * `kuma-dp run` against a stand-in control plane (tests/helpers/fake_cp.py serving that bootstrap):
   time from spawn to the readiness reporter's `/ready` = 200 (it asks Envoy, so it implies LIVE);
-* the agent alone (bench/startup_harness.py: `run_agent` on the bootstrap file, no CP round trip).
+* the agent alone (kuma_dp_dev/harness/static_agent.py: `run_agent` on the bootstrap file, no CP round trip).
 
 Printed: medians, the ratio and the overhead against bare Envoy, and the agent's RSS without Envoy (psutil,
 the Python process only, once ready). Targets: overhead <= 300 ms, RSS <= 35 MiB. DNS is disabled in the
@@ -35,9 +35,9 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.startup_harness import static_bootstrap  # noqa: E402
 from kuma_dp.envoy import EnvoyOptions, build_command, find_envoy  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
+from kuma_dp_dev.harness.ports import free_port  # noqa: E402
+from kuma_dp_dev.harness.static_agent import static_bootstrap  # noqa: E402
 from tests.helpers.fake_cp import FakeCP, Reply, make_token  # noqa: E402
 
 POLL = 0.005
@@ -99,7 +99,7 @@ def agent_rss(proc: subprocess.Popen[bytes]) -> int:
 def harness(envoy: str, work: Path) -> tuple[float, int]:
     bootstrap, _ = write_bootstrap(work)
     port = free_port()
-    argv = [sys.executable, str(REPO / "bench" / "startup_harness.py"), "run", str(bootstrap)]
+    argv = [sys.executable, "-m", "kuma_dp_dev.harness.static_agent", "run", str(bootstrap)]
     argv += ["--readiness-port", str(port), "--binary-path", envoy]
     t0 = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)

@@ -15,14 +15,48 @@ import click
 #: name -> "module:attribute" of a click.Command. Owners add their line; keep it sorted.
 SUBCOMMANDS: dict[str, str] = {
     "bootstrap": "kuma_dp.bootstrap.cli:bootstrap",
-    "demo": "kuma_dp.demo:demo",
-    "dev-cp": "kuma_dp.devcp.cli:dev_cp",
+    "demo": "kuma_dp_dev.demo:demo",
+    "dev-cp": "kuma_dp_dev.devcp.cli:dev_cp",
     "dns": "kuma_dns.cli:dns",
     "run": "kuma_dp.commands.run:run",
     "transparent-proxy": "iptables.cli:transparent_proxy",
     "version": "kuma_dp.commands.version:version",
     "wait": "kuma_dp.commands.wait:wait",
 }
+
+
+#: How to get the development tools (package kuma_dp_dev) that serve `kuma-dp dev-cp` and `kuma-dp demo`; the
+#: agent itself never imports them, and the .deb/.rpm do not ship them.
+DEV_TOOLS_HINT = "pip install 'kuma-dp-py[dev]'"
+
+
+def _missing_dev_tools() -> str:
+    """The first module the development tools need that is not installed, or "" when all are there."""
+    try:
+        import kuma_dp_dev
+    except ModuleNotFoundError:
+        return "kuma_dp_dev"
+    return kuma_dp_dev.missing_requirement()
+
+
+def _dev_tools_hint(cmd_name: str, missing: str) -> click.Command:
+    """A stand-in command that says how to install the development tools and exits 1."""
+
+    def explain() -> None:
+        click.echo(
+            f"Error: `kuma-dp {cmd_name}` needs the development tools, which are not installed "
+            f"(missing Python module {missing!r}): {DEV_TOOLS_HINT}",
+            err=True,
+        )
+        raise SystemExit(1)
+
+    return click.Command(
+        cmd_name,
+        callback=explain,
+        help=f"(not installed: {DEV_TOOLS_HINT})",
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+        add_help_option=False,
+    )
 
 
 class LazyGroup(click.Group):
@@ -36,6 +70,10 @@ class LazyGroup(click.Group):
         if target is None:
             return None
         module_name, _, attr = target.partition(":")
+        if module_name.startswith("kuma_dp_dev."):
+            missing = _missing_dev_tools()
+            if missing:
+                return _dev_tools_hint(cmd_name, missing)
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:

@@ -96,7 +96,11 @@ def link_envoy(venv: Path) -> None:
 
 
 def strip_unneeded(venv: Path) -> None:
-    """Drop what a production install never runs: pip-time caches and activation scripts for other shells."""
+    """Drop what a production install never runs: pip-time caches, activation scripts for other shells, and
+    the development tools (package kuma_dp_dev: dev control plane, demos, harnesses), whose `dev` extra the
+    package does not install."""
+    for dev_tools in venv.glob("lib/python*/site-packages/kuma_dp_dev"):
+        shutil.rmtree(dev_tools)
     for cache in venv.rglob("__pycache__"):
         shutil.rmtree(cache, ignore_errors=True)
     for name in ("Activate.ps1", "activate.csh", "activate.fish"):

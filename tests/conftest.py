@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from kuma_dp_dev.harness.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 #: Kuma's golden files live beside the repository (../shared); users' checkouts do not have them.
@@ -50,13 +51,6 @@ def conformance_dir() -> Path:
 def require_root() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root (network namespaces and iptables); CI runs as root")
-
-
-def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
-    """A port the kernel just said is free; good enough for tests that bind right after."""
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

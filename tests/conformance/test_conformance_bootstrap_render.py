@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from kuma_dp.bootstrap.render import RenderParams, dump_yaml, render_bootstrap
-from kuma_dp.devcp.bootstrap_server import BootstrapService
-from kuma_dp.devcp.state import Store, parse_dataplane
+from kuma_dp_dev.devcp.bootstrap_server import BootstrapService
+from kuma_dp_dev.devcp.state import Store, parse_dataplane
 
 pytestmark = pytest.mark.conformance
 

@@ -9,8 +9,8 @@ import pytest
 import yaml
 from google.protobuf import json_format
 
-from kuma_dp.devcp import vip, xds
-from kuma_dp.devcp.state import Service, parse_dataplane
+from kuma_dp_dev.devcp import vip, xds
+from kuma_dp_dev.devcp.state import Service, parse_dataplane
 
 pytestmark = pytest.mark.conformance
 

@@ -1,4 +1,4 @@
-"""The "VMs" harness for tests/netns/test_vm_*.py: `kuma_dp.demo_netns.Topology` (the same topology
+"""The "VMs" harness for tests/netns/test_vm_*.py: `kuma_dp_dev.demo_netns.Topology` (the same topology
 `kuma-dp demo --netns` runs) plus what the tests look at from outside: processes per namespace, Envoy stats,
 and a teardown that proves nothing was left behind.
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from kuma_dp.demo_netns import PROXY_UID, Host, Topology, wait_until
+from kuma_dp_dev.demo_netns import PROXY_UID, Host, Topology, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 #: The repo's venv Python comes from /usr/bin/python3, so uid 5678 can run it (a /root/.pyenv one cannot).

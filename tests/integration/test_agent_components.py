@@ -18,16 +18,13 @@ from kuma_dp.agent import AgentContext, run_agent
 from kuma_dp.component import Component
 from kuma_dp.config import RunConfig
 from kuma_dp.envoy import AdminAddress, http_request
-from tests.conftest import REPO, free_port
+from kuma_dp_dev.harness.ports import free_port
 
 pytestmark = pytest.mark.integration
 
 
 def _harness():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("startup_harness", REPO / "bench" / "startup_harness.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = importlib.import_module("kuma_dp_dev.harness.static_agent")
     return module
 
 

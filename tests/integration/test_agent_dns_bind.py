@@ -18,7 +18,7 @@ from kuma_dp.agent import AgentContext
 from kuma_dp.config import RunConfig
 from kuma_dp.envoy import AdminAddress, AdminClient
 from kuma_dp.readiness import ReadinessState
-from tests.conftest import free_port
+from kuma_dp_dev.harness.ports import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,6 @@
 """The agent with the real Envoy: readiness, exit handling, signals and drain as an operator sees them.
 
-Each test runs bench/startup_harness.py (the same `run_agent` that `kuma-dp run` ends in) on a static
+Each test runs kuma_dp_dev.harness.static_agent (the same `run_agent` that `kuma-dp run` ends in) on a static
 bootstrap: an admin API and one INBOUND HTTP listener answering `hello`, so no control plane is involved.
 What is asserted is what a client of the agent observes: HTTP answers of /ready, Envoy's admin API and
 listener, process exits.
@@ -22,11 +22,12 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import REPO, free_port
+from kuma_dp_dev.harness.ports import free_port
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
 
-HARNESS = REPO / "bench" / "startup_harness.py"
+HARNESS = ("-m", "kuma_dp_dev.harness.static_agent")
 START_TIMEOUT = 30.0
 
 
@@ -115,13 +116,13 @@ def start_agent(short_tmp: Path) -> Iterator[object]:
         bootstrap = work / "bootstrap.yaml"
         args = ["write-bootstrap", str(bootstrap), "--listener-port", str(listener_port)]
         args += ["--admin-socket", admin_socket] if admin_socket else ["--admin-port", str(admin_port)]
-        subprocess.run([sys.executable, str(HARNESS), *args], check=True)
+        subprocess.run([sys.executable, *HARNESS, *args], check=True)
         port = free_port() if readiness_port is None else readiness_port
         log = work / "agent.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
                 [
-                    *(sys.executable, str(HARNESS), "run", str(bootstrap)),
+                    *(sys.executable, *HARNESS, "run", str(bootstrap)),
                     *("--readiness-port", str(port), "--drain-time", str(drain), *extra),
                 ],
                 stdout=out,

@@ -16,7 +16,8 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import REPO, free_port
+from kuma_dp_dev.harness.ports import free_port
+from tests.conftest import REPO
 from tests.helpers.fake_cp import FakeCP, Reply, make_token, minimal_bootstrap_yaml
 from tests.integration.test_agent_envoy import gone
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from kuma_dp.devcp.localmesh import wait_until
-from tests.conftest import free_port
+from kuma_dp_dev.harness.localmesh import wait_until
+from kuma_dp_dev.harness.ports import free_port
+from kuma_dp_dev.harness.procs import stop
 from tests.helpers.fake_cp import make_token
-from tests.helpers.procs import stop
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

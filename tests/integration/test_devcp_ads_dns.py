@@ -12,9 +12,15 @@ import dns.query
 import dns.rdatatype
 import pytest
 
-from kuma_dp.devcp.localmesh import EnvoyProcess, ThreadedControlPlane, ads_bootstrap, dynconf_get, wait_until
-from kuma_dp.devcp.state import Store, parse_dataplane
-from tests.conftest import free_port
+from kuma_dp_dev.devcp.state import Store, parse_dataplane
+from kuma_dp_dev.harness.localmesh import (
+    EnvoyProcess,
+    ThreadedControlPlane,
+    ads_bootstrap,
+    dynconf_get,
+    wait_until,
+)
+from kuma_dp_dev.harness.ports import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 

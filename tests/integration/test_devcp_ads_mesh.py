@@ -15,11 +15,17 @@ from typing import Any
 import httpx
 import pytest
 
-from kuma_dp.devcp import xds
-from kuma_dp.devcp.demoapp import serve_in_thread
-from kuma_dp.devcp.localmesh import EnvoyProcess, ThreadedControlPlane, ads_bootstrap, dynconf_get, wait_until
-from kuma_dp.devcp.state import Store, parse_dataplane
-from tests.conftest import free_port
+from kuma_dp_dev.demoapp import serve_in_thread
+from kuma_dp_dev.devcp import xds
+from kuma_dp_dev.devcp.state import Store, parse_dataplane
+from kuma_dp_dev.harness.localmesh import (
+    EnvoyProcess,
+    ThreadedControlPlane,
+    ads_bootstrap,
+    dynconf_get,
+    wait_until,
+)
+from kuma_dp_dev.harness.ports import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -99,7 +105,7 @@ class Mesh:
 @pytest.fixture
 def logs() -> Iterator[LogCapture]:
     handler = LogCapture()
-    logger = logging.getLogger("kuma_dp.devcp.ads")
+    logger = logging.getLogger("kuma_dp_dev.devcp.ads")
     logger.addHandler(handler)
     old = logger.level
     logger.setLevel(logging.DEBUG)

@@ -14,9 +14,9 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import struct_pb2
 
-from kuma_dp.devcp import xds
-from kuma_dp.devcp.ads import AdsServer, proxy_from_node
-from kuma_dp.devcp.state import Store, parse_dataplane
+from kuma_dp_dev.devcp import xds
+from kuma_dp_dev.devcp.ads import AdsServer, proxy_from_node
+from kuma_dp_dev.devcp.state import Store, parse_dataplane
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -97,7 +97,7 @@ async def _with_server(store: Store, body: Any, token: str | None = None) -> Non
 
 
 def test_sotw_ack_nack_stale_and_push(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, "kuma_dp.devcp.ads")
+    caplog.set_level(logging.DEBUG, "kuma_dp_dev.devcp.ads")
     store = Store()
 
     async def body(server: AdsServer, channel: grpc.aio.Channel) -> None:

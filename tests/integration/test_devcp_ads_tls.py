@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from kuma_dp.devcp.localmesh import dynconf_get, wait_until
-from tests.conftest import free_port
-from tests.helpers.procs import stop
+from kuma_dp_dev.harness.localmesh import dynconf_get, wait_until
+from kuma_dp_dev.harness.ports import free_port
+from kuma_dp_dev.harness.procs import stop
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

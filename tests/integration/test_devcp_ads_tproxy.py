@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from kuma_dp.devcp.localmesh import ads_bootstrap, wait_until
-from tests.helpers.procs import stop
+from kuma_dp_dev.harness.localmesh import ads_bootstrap, wait_until
+from kuma_dp_dev.harness.procs import stop
 
 pytestmark = [pytest.mark.integration, pytest.mark.netns, pytest.mark.timeout(120)]
 
@@ -90,7 +90,7 @@ def test_transparent_proxy_through_vip(require_root: None, short_tmp: Path, envo
             "port"
         ]
         ns.spawn(
-            "app", sys.executable, "-m", "kuma_dp.devcp.demoapp", "--service", "backend", "--port", "18080"
+            "app", sys.executable, "-m", "kuma_dp_dev.demoapp", "--service", "backend", "--port", "18080"
         )
         backend = {
             "type": "Dataplane", "mesh": "default", "name": "backend-1",

@@ -27,11 +27,11 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import json_format
 
 from kuma_dp.bootstrap.render import RenderParams, dump_yaml, render_bootstrap
-from kuma_dp.devcp.bootstrap_server import BootstrapService, start_bootstrap_server
-from kuma_dp.devcp.state import Store
 from kuma_dp.fsutil import atomic_write
-from tests.conftest import free_port
-from tests.helpers.procs import stop
+from kuma_dp_dev.devcp.bootstrap_server import BootstrapService, start_bootstrap_server
+from kuma_dp_dev.devcp.state import Store
+from kuma_dp_dev.harness.ports import free_port
+from kuma_dp_dev.harness.procs import stop
 
 pytestmark = pytest.mark.integration
 

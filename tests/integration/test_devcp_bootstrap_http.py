@@ -19,7 +19,7 @@ import trustme
 import yaml
 
 from kuma_dp.bootstrap.render import RenderParams
-from kuma_dp.devcp.bootstrap_server import (
+from kuma_dp_dev.devcp.bootstrap_server import (
     PAGE_NOT_FOUND,
     TOKEN_REQUIRED,
     BootstrapServer,
@@ -27,7 +27,7 @@ from kuma_dp.devcp.bootstrap_server import (
     TLSFiles,
     start_bootstrap_server,
 )
-from kuma_dp.devcp.state import Store
+from kuma_dp_dev.devcp.state import Store
 
 pytestmark = pytest.mark.integration
 
@@ -171,7 +171,7 @@ def test_https_with_verified_ca_and_sans(tls_material: dict[str, Any]) -> None:
 
 def test_as_an_asyncio_component() -> None:
     """The component serves until cancelled, then the port is closed."""
-    from kuma_dp.devcp.bootstrap_server import BootstrapServerComponent
+    from kuma_dp_dev.devcp.bootstrap_server import BootstrapServerComponent
 
     service = BootstrapService(Store(), RenderParams(xds_tls=False), auth_enabled=True)
 

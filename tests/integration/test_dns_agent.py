@@ -20,7 +20,7 @@ from kuma_dp.agent import AgentContext, run_agent
 from kuma_dp.component import Component
 from kuma_dp.config import RunConfig
 from kuma_dp.envoy import AdminAddress, http_request
-from tests.conftest import REPO, free_port
+from kuma_dp_dev.harness.ports import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -46,12 +46,9 @@ def free_udp_tcp_port() -> int:
 
 
 def bootstrap(work: Path) -> Path:
-    from kuma_dp.devcp.xds import dynconf_listener
+    from kuma_dp_dev.devcp.xds import dynconf_listener
 
-    spec = importlib.util.spec_from_file_location("startup_harness", REPO / "bench" / "startup_harness.py")
-    assert spec and spec.loader
-    harness = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(harness)
+    harness = importlib.import_module("kuma_dp_dev.harness.static_agent")
     boot = harness.static_bootstrap(admin_port=free_port())
     resources = boot.get("static_resources") or boot["staticResources"]
     resources["listeners"].append(dynconf_listener(str(work), {"/dns": BODY}))

@@ -21,8 +21,8 @@ import dns.rdatatype
 import pytest
 
 from kuma_dp.fsutil import atomic_write
-from tests.helpers import dnsmasq
-from tests.helpers.dnsmasq import ServerProcess
+from kuma_dp_dev.harness.dnsmasq import ServerProcess
+from kuma_dp_dev.harness import dnsmasq
 
 pytestmark = pytest.mark.integration
 

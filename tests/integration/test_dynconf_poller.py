@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from kuma_dns.component import DNSComponent
 from kuma_dp.dynconf import ConfigFetcher, socket_path
-from tests.helpers.procs import stop
+from kuma_dp_dev.harness.procs import stop
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +50,7 @@ class Envoy:
         self.n = 0
 
     def start(self, payload: bytes) -> None:
-        from kuma_dp.devcp.xds import dynconf_listener
+        from kuma_dp_dev.devcp.xds import dynconf_listener
 
         self.n += 1
         boot = {

@@ -19,7 +19,7 @@ from kuma_dp.agent import AgentContext, run_agent
 from kuma_dp.component import Component
 from kuma_dp.config import RunConfig
 from kuma_dp.metrics import agent_metrics, socket_path
-from tests.conftest import free_port
+from kuma_dp_dev.harness.ports import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -24,8 +24,8 @@ from kuma_dp._http import get
 from kuma_dp.accesslog import AccessLogStreamer
 from kuma_dp.envoy._admin import AdminAddress, AdminClient
 from kuma_dp.metrics import AgentMetrics, MetricsHijacker, ScrapeTarget, StartupObserver, socket_path
-from tests.conftest import free_port
-from tests.helpers.procs import stop
+from kuma_dp_dev.harness.ports import free_port
+from kuma_dp_dev.harness.procs import stop
 
 pytestmark = pytest.mark.integration
 

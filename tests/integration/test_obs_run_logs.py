@@ -18,7 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from kuma_dp._http import get
-from tests.conftest import free_port
+from kuma_dp_dev.harness.ports import free_port
 from tests.helpers.fake_cp import FakeCP, Reply, make_token, minimal_bootstrap_yaml
 from tests.integration.test_obs_envoy import hanging_app, healthy_app
 

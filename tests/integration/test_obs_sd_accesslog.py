@@ -12,7 +12,7 @@ import pytest
 from kuma_dp.accesslog import AccessLogStreamer
 from kuma_dp.metrics import AgentMetrics
 from kuma_dp.sdnotify import SdNotifier, SystemdNotifier, watchdog_interval
-from tests.conftest import free_port
+from kuma_dp_dev.harness.ports import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -259,7 +259,7 @@ def test_pkg_deb_unit_command_runs_agent_and_envoy_as_kuma_dp(installed_deb: Pat
     import httpx
     import psutil
 
-    from tests.conftest import free_port
+    from kuma_dp_dev.harness.ports import free_port
 
     user = pwd.getpwnam("kuma-dp")
     base = Path(tempfile.mkdtemp(prefix="kpk-", dir="/tmp"))

@@ -23,7 +23,8 @@ import pytest
 import trustme
 import yaml
 
-from tests.conftest import REPO, free_port
+from kuma_dp_dev.harness.ports import free_port
+from tests.conftest import REPO
 from tests.helpers.fake_cp import FakeCP, Reply, make_token, minimal_bootstrap_yaml
 
 pytestmark = pytest.mark.integration

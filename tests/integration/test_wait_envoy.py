@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, free_port
-from tests.helpers.procs import stop
+from kuma_dp_dev.harness.ports import free_port
+from kuma_dp_dev.harness.procs import stop
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
 
@@ -19,7 +20,7 @@ KUMA_DP = [sys.executable, "-m", "kuma_dp"]
 
 
 def write_bootstrap(path: Path, **kwargs: object) -> Path:
-    args = [sys.executable, str(REPO / "bench" / "startup_harness.py"), "write-bootstrap", str(path)]
+    args = [sys.executable, "-m", "kuma_dp_dev.harness.static_agent", "write-bootstrap", str(path)]
     for key, value in kwargs.items():
         args += [f"--{key.replace('_', '-')}", str(value)]
     subprocess.run(args, check=True)

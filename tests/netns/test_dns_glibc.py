@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.dnsmasq import start_dnsmasq
-from tests.helpers.procs import stop
+from kuma_dp_dev.harness.dnsmasq import start_dnsmasq
+from kuma_dp_dev.harness.procs import stop
 
 pytestmark = pytest.mark.netns
 

@@ -24,7 +24,7 @@ from typing import Any
 import psutil
 import pytest
 
-from kuma_dp.demo_netns import (
+from kuma_dp_dev.demo_netns import (
     APP_UID,
     PROXY_UID,
     Topology,

@@ -289,7 +289,7 @@ def test_headers_and_body_on_the_wire() -> None:
 
 
 def test_network_error_is_retried() -> None:
-    from tests.conftest import free_port
+    from kuma_dp_dev.harness.ports import free_port
 
     clock = SimClock()
     with pytest.raises(BootstrapError, match=r"^request to bootstrap server failed: "):

@@ -11,7 +11,7 @@ import trustme
 import yaml
 
 from kuma_dp.bootstrap.render import RenderParams
-from kuma_dp.devcp.bootstrap_server import (
+from kuma_dp_dev.devcp.bootstrap_server import (
     NOT_CA,
     PAGE_NOT_FOUND,
     TOKEN_REQUIRED,
@@ -20,7 +20,7 @@ from kuma_dp.devcp.bootstrap_server import (
     resolve_ips,
     san_mismatch_message,
 )
-from kuma_dp.devcp.state import Store, parse_dataplane
+from kuma_dp_dev.devcp.state import Store, parse_dataplane
 
 pytestmark = pytest.mark.unit
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kuma_dp.devcp.state import TPROXY_OUTBOUND_ERROR, StateError, Store, load_state, parse_dataplane
+from kuma_dp_dev.devcp.state import TPROXY_OUTBOUND_ERROR, StateError, Store, load_state, parse_dataplane
 
 pytestmark = pytest.mark.unit
 
@@ -106,7 +106,7 @@ def test_state_file_errors_name_the_entry(tmp_path: Path) -> None:
 
 
 def test_the_shipped_example_state_file_loads() -> None:
-    store = load_state(Path(__file__).resolve().parents[2] / "kuma_dp/devcp/example-state.yaml")
+    store = load_state(Path(__file__).resolve().parents[2] / "kuma_dp_dev/devcp/example-state.yaml")
     assert store.mesh_exists("demo")
     assert sorted(store.services("default")) == ["backend", "legacy-db"]
     assert store.get_dataplane("default", "backend-1").inbounds[0].service_port == 8080

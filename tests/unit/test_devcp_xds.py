@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kuma_dp.devcp import vip, xds
-from kuma_dp.devcp.state import Endpoint, Service, parse_dataplane
+from kuma_dp_dev.devcp import vip, xds
+from kuma_dp_dev.devcp.state import Endpoint, Service, parse_dataplane
 
 pytestmark = pytest.mark.unit
 

@@ -240,7 +240,7 @@ class Topology:
         self.stop(self.hosts["cp"], "dev-cp")
 
     def start_app(self, host: Host, instance: str) -> None:
-        self.spawn(host, "app", [self.python, "-m", "kuma_dp.devcp.demoapp", "--service", host.service,
+        self.spawn(host, "app", [self.python, "-m", "kuma_dp_dev.demoapp", "--service", host.service,
                                  "--instance", instance, "--port", str(APP_PORT)], uid=APP_UID)  # fmt: skip
 
         def up() -> bool:
@@ -445,7 +445,7 @@ def run_checks(topo: Topology, say: Callable[[str], None]) -> None:
 
 
 def run_netns_demo(once: bool, out: Any = None) -> int:
-    from kuma_dp.devcp.localmesh import envoy_binary
+    from kuma_dp_dev.harness.localmesh import envoy_binary
 
     def say(text: str = "") -> None:
         click.echo(text, file=out)

@@ -19,7 +19,7 @@ from pathlib import Path
 from .ads import AdsServer
 from .state import Store
 
-log = logging.getLogger("kuma_dp.devcp")
+log = logging.getLogger("kuma_dp_dev.devcp")
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 

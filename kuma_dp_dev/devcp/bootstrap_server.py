@@ -39,9 +39,9 @@ from kuma_dp.bootstrap.render import (
     render_bootstrap,
 )
 from kuma_dp.component import Component
-from kuma_dp.devcp.state import StateError, parse_dataplane
+from kuma_dp_dev.devcp.state import StateError, parse_dataplane
 
-log = logging.getLogger("kuma_dp.devcp.bootstrap")
+log = logging.getLogger("kuma_dp_dev.devcp.bootstrap")
 
 BOOTSTRAP_PATH = "/bootstrap"
 PAGE_NOT_FOUND = "404: Page Not Found"
@@ -133,7 +133,7 @@ def check_ca(pem: str) -> str | None:
 
 
 class DataplaneStore(Protocol):
-    """What the service reads: `kuma_dp.devcp.state.Store` satisfies it (its Dataplane has `.raw`)."""
+    """What the service reads: `kuma_dp_dev.devcp.state.Store` satisfies it (its Dataplane has `.raw`)."""
 
     def mesh_exists(self, mesh: str) -> bool: ...
 

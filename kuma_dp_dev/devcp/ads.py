@@ -28,7 +28,7 @@ from . import vip as vips_mod
 from . import xds
 from .state import StateError, Store, parse_dataplane
 
-log = logging.getLogger("kuma_dp.devcp.ads")
+log = logging.getLogger("kuma_dp_dev.devcp.ads")
 
 TPROXY_FEATURE = "feature-transparent-proxy-in-dataplane-metadata"
 _CHANGED = object()

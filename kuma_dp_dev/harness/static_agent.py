@@ -3,8 +3,8 @@
 Used by bench/startup.py and tests/integration/test_agent_*.py, so both drive the code path `kuma-dp run`
 ends in, with a bootstrap that needs no xDS server:
 
-    python bench/startup_harness.py write-bootstrap OUT.yaml --admin-port N | --admin-socket PATH
-    python bench/startup_harness.py run OUT.yaml [--readiness-port N] [--drain-time S] [--dns-gate]
+    python -m kuma_dp_dev.harness.static_agent write-bootstrap OUT.yaml --admin-port N | --admin-socket PATH
+    python -m kuma_dp_dev.harness.static_agent run OUT.yaml [--readiness-port N] [--drain-time S] [--dns-gate]
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from tests.helpers.procs import stop
+from kuma_dp_dev.harness.procs import stop
 
 
 def free_udp_tcp_port() -> int:

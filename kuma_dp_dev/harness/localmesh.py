@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import yaml
 
-from ..fsutil import atomic_write
-from .xds import DYNCONF_SOCKET, socket_path
+from kuma_dp.fsutil import atomic_write
+from kuma_dp_dev.devcp.xds import DYNCONF_SOCKET, socket_path
 
 HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
@@ -209,7 +209,7 @@ class ThreadedControlPlane:
         import asyncio
         import threading
 
-        from .ads import AdsServer
+        from kuma_dp_dev.devcp.ads import AdsServer
 
         self.store = store
         self.loop = asyncio.new_event_loop()

@@ -170,7 +170,7 @@ class Demo:
         self.say(f"  dev control plane   {self.cp_url}   (log {proc.log})")
 
     def start_app(self, service: str, port: int, upstream: str | None = None) -> None:
-        argv = [sys.executable, "-m", "kuma_dp.devcp.demoapp", "--service", service, "--port", str(port)]
+        argv = [sys.executable, "-m", "kuma_dp_dev.demoapp", "--service", service, "--port", str(port)]
         if upstream:
             argv += ["--upstream", upstream]
         proc = self.spawn(f"app-{service}", argv)
@@ -258,8 +258,8 @@ def dns_query(port: int, name: str, timeout: float = 1.0) -> list[str]:
 
 def resolve_backend(demo: Demo) -> tuple[str, str]:
     """(VIP of backend.mesh, how it was resolved): the agent DNS if it answers, else the /dns payload."""
-    from kuma_dp.devcp.localmesh import dynconf_get
-    from kuma_dp.devcp.xds import DYNCONF_SOCKET, socket_path
+    from kuma_dp_dev.devcp.xds import DYNCONF_SOCKET, socket_path
+    from kuma_dp_dev.harness.localmesh import dynconf_get
 
     web = demo.sidecars["web"]
     # The agent's DNS server gets its records from the same /dns payload (polled every second): give it a
@@ -309,7 +309,7 @@ def request_through_mesh(demo: Demo) -> dict[str, Any]:
 
 
 def run_demo(once: bool, keep: bool, out: Any = None) -> int:
-    from kuma_dp.devcp.localmesh import envoy_binary
+    from kuma_dp_dev.harness.localmesh import envoy_binary
 
     try:
         envoy = envoy_binary()
@@ -418,7 +418,7 @@ def run_demo(once: bool, keep: bool, out: Any = None) -> int:
 def demo(once: bool, keep_workdir: bool, netns: bool) -> None:
     """Run a real mesh on loopback: dev control plane, two apps, kuma-dp + Envoy for each."""
     if netns:
-        from kuma_dp.demo_netns import run_netns_demo
+        from kuma_dp_dev.demo_netns import run_netns_demo
 
         sys.exit(run_netns_demo(once))
     sys.exit(run_demo(once, keep_workdir))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-log = logging.getLogger("kuma_dp.devcp")
+log = logging.getLogger("kuma_dp_dev.devcp")
 
 
 def _fail(message: str) -> None:
@@ -83,7 +83,7 @@ async def serve(cp: object, ready_file: str | None) -> None:
     "--state",
     "state_file",
     default="",
-    help="YAML file with meshes, dataplanes and services (example: kuma_dp/devcp/example-state.yaml).",
+    help="YAML file with meshes, dataplanes and services (example: kuma_dp_dev/devcp/example-state.yaml).",
 )
 @click.option(
     "--auth-token-file",
