@@ -4,6 +4,7 @@
 
 FILE holds a `/dns` payload (the JSON kuma-cp serves through Envoy) and is re-read when it changes.
 `--upstream` replaces the resolv.conf nameservers; search domains still come from `--resolv-conf`.
+`KUMA_DNS_MMSG=0` turns batched UDP I/O off, as for the agent's DNS proxy (the `dns.mmsg` setting).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 import sys
 
@@ -68,6 +70,8 @@ def dns(
     log_level: str,
 ) -> None:
     """Serve *.mesh names from a records file and forward everything else."""
+    from kuma_dp.config import env_value
+
     from .component import DNSComponent, RecordsFileError
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -86,6 +90,7 @@ def dns(
         nxdomain_mesh=not forward_unknown_mesh,
         records_file=records,
         stale_after=stale_after,
+        mmsg=env_value("dns.mmsg", os.environ),
     )
 
     async def main() -> None:

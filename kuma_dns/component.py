@@ -64,6 +64,7 @@ class DNSComponent(Component):
         register_metrics: bool = True,
         upstream_timeout: float = 2.0,
         has_records: asyncio.Event | None = None,
+        mmsg: bool | None = None,
     ) -> None:
         super().__init__()
         #: Set once listening with a table from any source (persisted, dynconf, file, push): the readiness
@@ -91,6 +92,7 @@ class DNSComponent(Component):
         self._upstreams = chosen
         self._parallel = parallel
         self._timeout = upstream_timeout
+        self._mmsg = mmsg
         self.records_file = Path(records_file) if records_file else None
         self.server: DNSServer | None = None
 
@@ -146,7 +148,9 @@ class DNSComponent(Component):
         if self.store.current.loaded:
             self.metrics.config_loaded(self.store.current.extra_labels)
         forwarder = Forwarder([], self.metrics, timeout=self._timeout, parallel=self._parallel)
-        self.server = DNSServer(self.store, forwarder, self.metrics, self._addresses, self._port)
+        self.server = DNSServer(
+            self.store, forwarder, self.metrics, self._addresses, self._port, mmsg=self._mmsg
+        )
         await self.server.start()
         forwarder.upstreams = self._upstreams_without_self(self.server.port)
         if not forwarder.upstreams:
@@ -210,9 +214,8 @@ def from_agent(ctx: AgentContext) -> DNSComponent | None:
         return None
     rt = cfg.dataplane_runtime
     tproxy = bool(rt.transparent_proxy or rt.transparent_proxy_config)
-    asked = [a.strip() for a in os.environ.get("KUMA_DNS_PROXY_ADDRESS", "").split(",") if a.strip()]
-    if asked:
-        addresses = asked
+    if cfg.dns.proxy_address:
+        addresses = list(cfg.dns.proxy_address)
     elif tproxy:
         addresses = bind_addresses(True, vnet=False, ip_family="dualstack" if rt.ipv6_enabled else "ipv4")
     else:
@@ -220,19 +223,14 @@ def from_agent(ctx: AgentContext) -> DNSComponent | None:
         # to this server, so a wider bind would only add an open resolver on every interface. Loopback
         # unless the operator asks, e.g. KUMA_DNS_PROXY_ADDRESS=0.0.0.0 for Kuma's behaviour.
         addresses = ["127.0.0.1"]
-    try:
-        stale_after = float(os.environ.get("KUMA_DNS_PROXY_TABLE_STALE_AFTER", "300"))
-    except ValueError:
-        log.warning("dns: KUMA_DNS_PROXY_TABLE_STALE_AFTER is not a number of seconds; using 300")
-        stale_after = 300.0
-    parallel = os.environ.get("KUMA_DNS_PROXY_UPSTREAM_PARALLEL", "").lower() in ("1", "true", "yes")
     comp = DNSComponent(
         port=cfg.dns.proxy_port,
         addresses=addresses,
         workdir=ctx.work_dir,
         has_records=ctx.enable_dns_gate(),
-        stale_after=stale_after,
-        parallel=parallel,
+        stale_after=cfg.dns.proxy_table_stale_after,
+        parallel=cfg.dns.proxy_upstream_parallel,
+        mmsg=cfg.dns.mmsg,
     )
     ctx.dynconf_handlers["/dns"] = (comp.update_async, comp.not_modified)
     return comp

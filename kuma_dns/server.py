@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import errno
 import logging
-import os
 import socket
 import struct
 import time
@@ -29,8 +28,10 @@ log = logging.getLogger("kuma_dns.server")
 #: Outstanding slow-path (forwarded) UDP queries before new ones are dropped (dnsmasq's default is 150).
 MAX_PENDING = 2048
 MAX_TCP_CLIENTS = 256
-#: Batched recvmmsg/sendmmsg on Linux (KUMA_DNS_MMSG=0 turns it off, e.g. to compare in bench/dns).
-USE_MMSG = os.environ.get("KUMA_DNS_MMSG", "1") != "0"
+#: Batched recvmmsg/sendmmsg on Linux when the caller does not say. The agent and `kuma-dp dns` pass the
+#: `dns.mmsg` setting (KUMA_DNS_MMSG=0 turns it off, e.g. to compare in bench/dns); tests flip this default
+#: to cover the plain recvfrom path through components that do not pass it.
+USE_MMSG = True
 TCP_IDLE_TIMEOUT = 10.0
 _OPT_HEAD = b"\x00\x00\x29"
 #: Reply flags for each query flag pair the hot path accepts (QR, AA, RA set; RD and CD copied; NOERROR).
@@ -49,8 +50,11 @@ class DNSServer:
         metrics: DNSMetrics,
         addresses: Sequence[str] = ("127.0.0.1",),
         port: int = 15053,
+        mmsg: bool | None = None,
     ) -> None:
         self.store = store
+        #: Batched UDP I/O where the platform has it; None = the module default USE_MMSG.
+        self.use_mmsg = USE_MMSG if mmsg is None else mmsg
         self.forwarder = forwarder
         self.metrics = metrics
         self.addresses = list(addresses)
@@ -418,7 +422,7 @@ class _UDPReader:
         self.sock = sock
         self.hot = server._hot
         self.closed = False
-        self.mmsg = _mmsg.MMsgSocket(sock) if USE_MMSG and _mmsg.available() else None
+        self.mmsg = _mmsg.MMsgSocket(sock) if server.use_mmsg and _mmsg.available() else None
 
     def on_readable(self) -> None:
         if self.mmsg is not None:

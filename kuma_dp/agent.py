@@ -346,7 +346,7 @@ def _build(
         readiness=ReadinessState(),
         sidecar_config=sidecar_config or {},
     )
-    host = readiness_bind_host(admin_address, on_kubernetes="POD_NAME" in os.environ)
+    host = readiness_bind_host(admin_address, on_kubernetes=cfg.pod_name is not None)
     sock = bind_readiness_socket(host, cfg.dataplane.readiness_port)
     try:
         if cfg.dataplane.readiness_port == 0:

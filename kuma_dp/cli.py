@@ -12,6 +12,9 @@ from typing import Any
 
 import click
 
+from kuma_dp.commands.goflags import setting_option
+from kuma_dp.config import SETTINGS
+
 #: name -> "module:attribute" of a click.Command. Owners add their line; keep it sorted.
 SUBCOMMANDS: dict[str, str] = {
     "bootstrap": "kuma_dp.bootstrap.cli:bootstrap",
@@ -85,22 +88,27 @@ class LazyGroup(click.Group):
         return command
 
 
-#: Kuma's root (persistent) flags. Go accepts them before or after the sub-command; the sub-commands that log
-#: declare them too, and values given before the sub-command become those options' defaults.
-ROOT_LOG_FLAGS = ("log_level", "log_output_path", "log_max_size", "log_max_retained_files", "log_max_age",
-                  "log_format")  # fmt: skip
+#: Kuma's root (persistent) flags: the `log.*` settings. Go accepts them before or after the sub-command; the
+#: sub-commands that log declare them too, and values given before the sub-command become those options'
+#: defaults.
+ROOT_LOG_SETTINGS = tuple(s for s in SETTINGS if s.path.startswith("log."))
+ROOT_LOG_FLAGS = tuple(s.param for s in ROOT_LOG_SETTINGS)
+
+
+def _root_log_options(func: Any) -> Any:
+    for s in reversed(ROOT_LOG_SETTINGS):
+        func = setting_option(s, root=True)(func)
+    return func
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--log-level", default=None, help="off, info or debug (also accepted after the sub-command).")
-@click.option("--log-output-path", default=None, help="Log file, rotated by size.")
-@click.option("--log-max-size", type=click.IntRange(min=1), default=None, help="Megabytes before rotation.")
-@click.option("--log-max-retained-files", type=click.IntRange(min=0), default=None)
-@click.option("--log-max-age", type=click.IntRange(min=0), default=None, help="Days to keep rotated files.")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default=None)
+@_root_log_options
 @click.pass_context
 def cli(ctx: click.Context, **root_flags: Any) -> None:
-    """Dataplane agent for the Kuma service mesh (Python implementation)."""
+    """Dataplane agent for the Kuma service mesh (Python implementation).
+
+    The --log-* options may also be given after the sub-command, where they win.
+    """
     given = {k: v for k, v in root_flags.items() if v is not None}
     if given:
         ctx.default_map = {name: dict(given) for name in SUBCOMMANDS}

@@ -5,6 +5,10 @@ With `Type=notify` a unit's dependents start only when the service says it is re
 restarts an agent whose event loop is stuck. Everything is a no-op without `NOTIFY_SOCKET`, so the same
 binary runs under Kubernetes, a shell or systemd. The protocol is one datagram per message on a unix socket
 whose name may be abstract (`@name`, sent as a leading NUL).
+
+The protocol's variables (`NOTIFY_SOCKET`, `WATCHDOG_USEC`, `WATCHDOG_PID`) are the `systemd.*` settings of
+the agent's configuration; the functions here take them as a mapping named like the variables, and an
+absent mapping means none of them is set.
 """
 
 from __future__ import annotations
@@ -18,13 +22,14 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING
 
 from kuma_dp.component import Component
+from kuma_dp.config import SETTINGS, RunConfig, get_path
 
 if TYPE_CHECKING:
     from kuma_dp.agent import AgentContext
 
 log = logging.getLogger("kuma-dp.sd-notify")
 
-__all__ = ["SdNotifier", "SystemdNotifier", "notifier_component", "watchdog_interval"]
+__all__ = ["SdNotifier", "SystemdNotifier", "notifier_component", "systemd_environ", "watchdog_interval"]
 
 ReadyCheck = Callable[[], bool | Awaitable[bool]]
 
@@ -33,7 +38,7 @@ class SdNotifier:
     """Sends sd_notify datagrams to `$NOTIFY_SOCKET`; `enabled` is False (and sends do nothing) without it."""
 
     def __init__(self, socket_path: str | None = None, *, environ: Mapping[str, str] | None = None) -> None:
-        env = os.environ if environ is None else environ
+        env = environ or {}
         path = socket_path if socket_path is not None else env.get("NOTIFY_SOCKET", "")
         self.address: str | None = None
         if path:
@@ -75,7 +80,7 @@ class SdNotifier:
 
 def watchdog_interval(environ: Mapping[str, str] | None = None) -> float | None:
     """Half of `$WATCHDOG_USEC` in seconds when the watchdog is on for this process (sd_watchdog_enabled)."""
-    env = os.environ if environ is None else environ
+    env = environ or {}
     usec = env.get("WATCHDOG_USEC", "")
     pid = env.get("WATCHDOG_PID", "")
     if not usec.isdigit() or int(usec) == 0:
@@ -170,10 +175,16 @@ class SystemdNotifier(Component):
             await asyncio.sleep(self.watchdog)
 
 
+def systemd_environ(cfg: RunConfig) -> dict[str, str]:
+    """The `systemd.*` settings under the protocol's variable names, as the functions here take them."""
+    return {s.env: get_path(cfg, s.path) for s in SETTINGS if s.path.startswith("systemd.")}
+
+
 def notifier_component(ctx: AgentContext) -> SystemdNotifier | None:
     """For kuma_dp.agent's AFTER_ENVOY: READY=1 when `/ready` would answer 200, STOPPING=1 once the first
     termination signal flips readiness to TERMINATING; None (no component) without NOTIFY_SOCKET."""
-    notifier = SdNotifier()
+    environ = systemd_environ(ctx.cfg)
+    notifier = SdNotifier(environ=environ)
     if not notifier.enabled:
         return None
     from kuma_dp.readiness import evaluate
@@ -181,4 +192,6 @@ def notifier_component(ctx: AgentContext) -> SystemdNotifier | None:
     async def is_ready() -> bool:
         return (await evaluate(ctx.readiness, ctx.admin)).status == 200
 
-    return SystemdNotifier(is_ready, is_stopping=lambda: ctx.readiness.terminating, notifier=notifier)
+    return SystemdNotifier(
+        is_ready, is_stopping=lambda: ctx.readiness.terminating, notifier=notifier, environ=environ
+    )

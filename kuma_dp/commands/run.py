@@ -6,7 +6,8 @@ version, fetch the bootstrap (retrying within the budget), write `<workdir>/boot
 `kuma_dp.agent.run_agent`. Every failure is one line on stderr and exit status 1.
 
 Flags mirror Go's pflag: booleans accept `--flag`, `--flag=true|false`; durations are Go durations
-(`30s`, `5m`). A set `KUMA_*` variable overrides the same flag (Kuma's precedence).
+(`30s`, `5m`). A set `KUMA_*` variable overrides the same flag (Kuma's precedence). Flags, variables and
+defaults all come from the settings table (`kuma_dp.config.SETTINGS`, listed in docs/settings.md).
 """
 
 from __future__ import annotations
@@ -24,14 +25,16 @@ from typing import Any
 
 import click
 
+from kuma_dp.commands.goflags import setting_option
 from kuma_dp.config import (
+    SETTINGS,
     ConfigError,
     EnvError,
     RunConfig,
+    Setting,
     effective_config,
     load_config,
-    parse_bool,
-    parse_duration,
+    set_path,
     validate,
 )
 
@@ -42,104 +45,10 @@ class RunError(Exception):
     """A start-up failure; str() is the one-line message printed after `Error: `."""
 
 
-class _GoBool(click.ParamType):
-    name = "bool"
+#: The settings `kuma-dp run` takes as flags, in `--help` order.
+FLAG_SETTINGS: tuple[Setting, ...] = tuple(s for s in SETTINGS if s.flags)
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> bool:
-        if isinstance(value, bool):
-            return value
-        try:
-            return parse_bool(str(value))
-        except ValueError as exc:
-            self.fail(f'invalid argument "{value}": {exc}', param, ctx)
-
-
-class _GoDuration(click.ParamType):
-    name = "duration"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        if isinstance(value, int | float):
-            return float(value)
-        try:
-            return parse_duration(str(value))
-        except ValueError as exc:
-            self.fail(f'invalid argument "{value}": {exc}', param, ctx)
-
-
-GO_BOOL = _GoBool()
-GO_DURATION = _GoDuration()
-
-
-def _bool_flag(name: str, help_text: str, default: bool = False) -> Any:
-    """A pflag-style bool: `--x`, `--x=true`, `--x=false` (click's optional-value option)."""
-    return click.option(name, type=GO_BOOL, is_flag=False, flag_value="true", default=default, help=help_text)
-
-
-_D = RunConfig()
-
-OPTIONS: list[Any] = [
-    # control plane
-    click.option("--cp-address", default=_D.control_plane.url, show_default=True,
-                 help="URL of the Control Plane Dataplane Server (KUMA_CONTROL_PLANE_URL)."),
-    click.option("--ca-cert-file", default="",
-                 help="CA file: the only trusted root for the Control Plane."),
-    _bool_flag("--skip-verify", "Skip TLS verification of the Control Plane (dangerous)."),
-    # dataplane
-    click.option("--name", default="", help="Name of the Dataplane (KUMA_DATAPLANE_NAME)."),
-    click.option("--mesh", default="", help="Mesh that the Dataplane belongs to (KUMA_DATAPLANE_MESH)."),
-    click.option("--proxy-type", default="dataplane", show_default=True,
-                 help='Type of the proxy: "dataplane", "ingress" or "egress".'),
-    click.option("--drain-time", type=GO_DURATION, default="30s", show_default=True,
-                 help="Drain time for Envoy connections on shutdown (Go duration)."),
-    # runtime
-    click.option("--binary-path", default="envoy", show_default=True, help="Path to the Envoy binary."),
-    click.option("--concurrency", type=click.IntRange(min=0), default=0,
-                 help="Envoy worker threads (0 = --cpuset-threads)."),
-    click.option("--work-dir", default="", help="Work directory (default: a temporary kuma-dp-* dir)."),
-    click.option("--config-dir", default="", hidden=True, help="Deprecated alias of --work-dir."),
-    click.option("--dataplane-token-file", default="", help="Path to a file with the dataplane token."),
-    click.option("--dataplane-token", default="", help="Dataplane token (stored in the work dir, 0600)."),
-    click.option("--dataplane", "dataplane_resource", default="", help="Dataplane template (YAML or JSON)."),
-    click.option("--dataplane-file", "-d", default="", help="Path to a Dataplane template ('-' = stdin)."),
-    click.option("--dataplane-var", "-v", multiple=True,
-                 help="Template variable key=value (repeatable; comma-separated pairs allowed)."),
-    click.option("--envoy-log-level", default="",
-                 help="Envoy log level (trace..off); default: --log-level."),
-    click.option("--envoy-component-log-level", default="", help="Envoy --component-log-level."),
-    click.option("--metrics-cert-path", default="", help="Certificate for the Prometheus listener."),
-    click.option("--metrics-key-path", default="", help="Key for the Prometheus listener."),
-    _bool_flag("--bind-outbounds", "Bind outbound listeners to real 127.x addresses."),
-    _bool_flag("--transparent-proxy", "Tell the CP that traffic is redirected (installs no rules)."),
-    click.option("--transparent-proxy-config", multiple=True,
-                 help="Transparent-proxy config file(s) ('-' = stdin), installer schema (repeatable)."),
-    # DNS
-    _bool_flag("--dns-enabled", "Enable the embedded DNS proxy.", default=True),
-    click.option("--dns-proxy-port", type=click.IntRange(0, 65535), default=_D.dns.proxy_port,
-                 show_default=True, help="Port of the embedded DNS proxy (KUMA_DNS_PROXY_PORT)."),
-    click.option("--dns-coredns-port", type=click.IntRange(min=0), default=_D.dns.core_dns_port, hidden=True),
-    click.option("--dns-envoy-port", type=click.IntRange(min=0), default=_D.dns.envoy_dns_port,
-                 help="Envoy DNS port sent to the Control Plane as dnsPort (<=2.14)."),
-    click.option("--dns-coredns-path", default=_D.dns.core_dns_binary_path, hidden=True),
-    click.option("--dns-coredns-config-template-path", default="", hidden=True),
-    click.option("--dns-server-config-dir", default="", hidden=True),
-    click.option(
-        "--dns-prometheus-port", type=click.IntRange(min=0), default=_D.dns.prometheus_port, hidden=True
-    ),
-    _bool_flag("--dns-enable-logging", "Log DNS queries."),
-    # ours
-    click.option("--bootstrap-source", type=click.Choice(["remote", "local"]), default="remote",
-                 show_default=True,
-                 help="remote: POST /bootstrap to the Control Plane; local: render the bootstrap here."),
-    # root (persistent) log flags, also accepted after `run`
-    click.option("--log-level", default="info", show_default=True, help="off, info or debug."),
-    click.option("--log-output-path", default="", help="Log file (rotated); default stderr."),
-    click.option("--log-max-size", type=click.IntRange(min=1), default=100, show_default=True,
-                 help="Max log file size in MB."),
-    click.option("--log-max-retained-files", type=click.IntRange(min=0), default=1000, show_default=True),
-    click.option("--log-max-age", type=click.IntRange(min=0), default=30, show_default=True,
-                 help="Max age of rotated files in days."),
-    click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True),
-]
+OPTIONS: list[Any] = [setting_option(s) for s in FLAG_SETTINGS]
 
 
 def config_from_flags(kw: dict[str, Any]) -> RunConfig:
@@ -147,46 +56,13 @@ def config_from_flags(kw: dict[str, Any]) -> RunConfig:
     from kuma_dp.dataplane import parse_vars
 
     cfg = RunConfig()
-    cp = cfg.control_plane
-    cp.url, cp.ca_cert_file, cp.skip_verify = kw["cp_address"], kw["ca_cert_file"], kw["skip_verify"]
-    dp = cfg.dataplane
-    dp.name, dp.mesh, dp.proxy_type = kw["name"], kw["mesh"], kw["proxy_type"]
-    dp.drain_time = kw["drain_time"]
-    rt = cfg.dataplane_runtime
-    rt.binary_path = kw["binary_path"]
-    rt.concurrency = kw["concurrency"]
-    rt.work_dir = kw["work_dir"]
-    rt.config_dir = kw["config_dir"]
-    rt.token_path = kw["dataplane_token_file"]
-    rt.token = kw["dataplane_token"]
-    rt.resource = kw["dataplane_resource"]
-    rt.resource_path = kw["dataplane_file"]
-    rt.resource_vars = parse_vars(kw["dataplane_var"])
-    rt.envoy_log_level = kw["envoy_log_level"]
-    rt.envoy_component_log_level = kw["envoy_component_log_level"]
-    rt.metrics.cert_path = kw["metrics_cert_path"]
-    rt.metrics.key_path = kw["metrics_key_path"]
-    rt.bind_outbounds = kw["bind_outbounds"]
-    rt.transparent_proxy = kw["transparent_proxy"]
-    rt.transparent_proxy_config = list(kw["transparent_proxy_config"])
-    dns = cfg.dns
-    dns.enabled = kw["dns_enabled"]
-    dns.proxy_port = kw["dns_proxy_port"]
-    dns.core_dns_port = kw["dns_coredns_port"]
-    dns.envoy_dns_port = kw["dns_envoy_port"]
-    dns.core_dns_binary_path = kw["dns_coredns_path"]
-    dns.core_dns_config_template_path = kw["dns_coredns_config_template_path"]
-    dns.config_dir = kw["dns_server_config_dir"]
-    dns.prometheus_port = kw["dns_prometheus_port"]
-    dns.core_dns_logging = kw["dns_enable_logging"]
-    lg = cfg.log
-    lg.level, lg.output_path, lg.format = kw["log_level"], kw["log_output_path"], kw["log_format"]
-    lg.max_size, lg.max_retained_files, lg.max_age = (
-        kw["log_max_size"],
-        kw["log_max_retained_files"],
-        kw["log_max_age"],
-    )
-    cfg.bootstrap_source = kw["bootstrap_source"]
+    for s in FLAG_SETTINGS:
+        value = kw[s.param]
+        if s.kind == "vars":
+            value = parse_vars(value)
+        elif s.kind == "list":
+            value = list(value)
+        set_path(cfg, s.path, value)
     return cfg
 
 
@@ -365,7 +241,7 @@ def execute(cfg: RunConfig) -> int:
     from kuma_dp.token import TokenError, resolve_token
 
     try:
-        load_config(cfg)
+        load_config(cfg, os.environ)
     except EnvError as exc:
         raise RunError(str(exc)) from None
     rt = cfg.dataplane_runtime

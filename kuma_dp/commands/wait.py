@@ -1,4 +1,5 @@
-"""`kuma-dp wait`: block until the local dataplane answers its readiness URL with 200 (KUMA-DP.md §2.5).
+"""`kuma-dp wait`: block until the local dataplane answers its readiness URL with 200 (Kuma's
+`app/kuma-dp/cmd/wait.go`).
 
 Used as a Kubernetes `postStart` hook or before starting an application on a VM, so it must only ever talk
 to the local machine: `--url` must name a loopback host, and `--unix-socket` (Envoy's admin socket)
@@ -13,27 +14,13 @@ from urllib.parse import urlsplit
 
 import click
 
-from kuma_dp.config import format_duration, parse_duration
+from kuma_dp.commands.goflags import GoDuration
 from kuma_dp.envoy import AdminAddress, AdminError, http_request, is_loopback_host
+from kuma_dp.goparse import format_duration
 
 DEFAULT_URL = "http://localhost:9901/ready"
-
-
-class GoDuration(click.ParamType):
-    """A Go duration (`500ms`, `1s`, `3m0s`), as Kuma's flags take them; the value is float seconds."""
-
-    name = "duration"
-
-    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        if isinstance(value, int | float):
-            return float(value)
-        try:
-            seconds = parse_duration(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-        if seconds <= 0:
-            self.fail(f"{value!r} must be a positive duration", param, ctx)
-        return seconds
+#: Intervals: Go's error text alone, and zero or negative rejected.
+INTERVAL = GoDuration(positive=True, pflag=False)
 
 
 def target_for(url: str, unix_socket: str | None) -> tuple[AdminAddress, str]:
@@ -91,15 +78,11 @@ async def _wait(
     "--url", default=DEFAULT_URL, show_default=True, help="readiness URL of the dataplane (loopback)"
 )
 @click.option("--unix-socket", default="", help="Envoy admin unix socket; overrides --url (GET /ready on it)")
+@click.option("--timeout", type=INTERVAL, default="3m0s", show_default=True, help="how long to wait in total")
 @click.option(
-    "--timeout", type=GoDuration(), default="3m0s", show_default=True, help="how long to wait in total"
+    "--request-timeout", type=INTERVAL, default="500ms", show_default=True, help="timeout of one request"
 )
-@click.option(
-    "--request-timeout", type=GoDuration(), default="500ms", show_default=True, help="timeout of one request"
-)
-@click.option(
-    "--check-frequency", type=GoDuration(), default="1s", show_default=True, help="time between checks"
-)
+@click.option("--check-frequency", type=INTERVAL, default="1s", show_default=True, help="time between checks")
 def wait(url: str, unix_socket: str, timeout: float, request_timeout: float, check_frequency: float) -> None:
     """Waits for Dataplane (Envoy) to be ready."""
     address, target = target_for(url, unix_socket or None)

@@ -1,7 +1,7 @@
-"""Kuma's configuration validation, with Kuma's exact messages (KUMA-DP.md §2.6).
+"""Kuma's configuration validation, with Kuma's exact messages.
 
 Operators and scripts grep for these strings, so the wording, the `.Section is not valid: ` prefixes and the
-`; ` joining follow `pkg/config/app/kuma-dp/config.go` (multierr) to the character.
+`; ` joining follow `pkg/config/app/kuma-dp/config.go` in kumahq/kuma v2.14.3 (multierr) to the character.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import pytest
 
 from kuma_dns.component import from_agent
 from kuma_dp.agent import AgentContext
-from kuma_dp.config import RunConfig
+from kuma_dp.config import RunConfig, load_config
 from kuma_dp.envoy import AdminAddress, AdminClient
 from kuma_dp.readiness import ReadinessState
 from kuma_dp_dev.harness.ports import free_port
@@ -29,8 +29,10 @@ def _bound(port: int) -> set[str]:
     return {c.laddr.ip for c in psutil.net_connections("inet") if c.laddr and c.laddr.port == port}
 
 
-async def _serve_and_look(tmp: Path, tproxy: bool) -> tuple[set[str], str]:
-    cfg = RunConfig()
+async def _serve_and_look(
+    tmp: Path, tproxy: bool, environ: dict[str, str] | None = None
+) -> tuple[set[str], str]:
+    cfg = load_config(RunConfig(), environ or {})
     cfg.dns.proxy_port = free_port()
     cfg.dataplane_runtime.transparent_proxy = tproxy
     cfg.dataplane_runtime.ipv6_enabled = False
@@ -56,8 +58,8 @@ def test_dns_proxy_binds_loopback_by_default(tmp_path: Path) -> None:
     assert ip == "240.0.0.3"
 
 
-def test_dns_proxy_binds_where_the_operator_asks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("KUMA_DNS_PROXY_ADDRESS", "0.0.0.0")
-    bound, ip = asyncio.run(_serve_and_look(tmp_path, tproxy=False))
+def test_dns_proxy_binds_where_the_operator_asks(tmp_path: Path) -> None:
+    environ = {"KUMA_DNS_PROXY_ADDRESS": "0.0.0.0"}
+    bound, ip = asyncio.run(_serve_and_look(tmp_path, tproxy=False, environ=environ))
     assert bound == {"0.0.0.0"}
     assert ip == "240.0.0.3"

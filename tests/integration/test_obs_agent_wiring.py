@@ -17,8 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from kuma_dp._http import get
 from kuma_dp.agent import AgentContext, run_agent
 from kuma_dp.component import Component
-from kuma_dp.config import RunConfig
-from kuma_dp.metrics import agent_metrics, socket_path
+from kuma_dp.config import RunConfig, load_config
+from kuma_dp.metrics import agent_metrics
+from kuma_dp.paths import proxy_socket_path as socket_path
 from kuma_dp_dev.harness.ports import free_port
 
 pytestmark = pytest.mark.integration
@@ -73,18 +74,14 @@ class Driver(Component):
         await asyncio.Future()
 
 
-def test_agent_with_observability_factories(
-    short_tmp: Path, envoy_binary: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_agent_with_observability_factories(short_tmp: Path, envoy_binary: str) -> None:
     cfg, bootstrap = make_cfg(short_tmp, envoy_binary)
     cfg.dataplane.name, cfg.dataplane.mesh = "dp-1", "default"
     sd_path = str(short_tmp / "notify.sock")
     sd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sd.bind(sd_path)
     sd.setblocking(False)
-    monkeypatch.setenv("NOTIFY_SOCKET", sd_path)
-    monkeypatch.setenv("WATCHDOG_USEC", "200000")
-    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    load_config(cfg, {"NOTIFY_SOCKET": sd_path, "WATCHDOG_USEC": "200000"})  # as systemd sets them
     metrics = agent_metrics()  # process-wide: other in-process agents may have counted exits before
     exits_before = metrics.envoy_exits.labels(code="0")._value.get()
     seen: dict[str, object] = {}
