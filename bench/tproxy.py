@@ -6,11 +6,12 @@ Runs inside a throw-away network namespace (`ktp-bench-<pid>`, removed at the en
 are never touched) with an IPv4+IPv6 interface and a resolv.conf with one server per family. Measured,
 interleaved, `--reps` times each (median and p90), every repetition starting from a clean namespace:
 
-* ours, in-process: `iptables.install.install()` = netlink facts + concurrent probes + build + one
-  `iptables-restore --noflush` per family + conntrack flush (target: <= 150 ms);
+* ours, in-process: `iptables.install.prepare()` + `install()` = netlink facts + concurrent probes + build
+  + one `iptables-restore --noflush` per family + conntrack flush (target: <= 150 ms);
 * ours with `--backend nft-native` (one `nft -f` transaction), in-process;
 * ours, as a command: `kuma-dp transparent-proxy install` wall time (adds Python start-up and imports);
-* the peer: the step sequence Kuma documents (KUMA-DP.md §13.1-13.2, §13.8), one process after another with
+* the peer: the step sequence Kuma's installer runs (`pkg/transparentproxy/iptables/setup.go` and
+  `pkg/transparentproxy/config/config_executables.go` in kumahq/kuma), one process after another with
   the same binaries and rules: `--version` of all six binaries, `*-save` of both backends, the module and
   table probes, then per family save -> `restore --test` -> `restore` (clean-up) and `restore --noflush`
   (install). kumactl itself is not available here, so this emulates its process sequence.
@@ -69,7 +70,7 @@ def kuma_style(mode: str, texts: dict[int, str]) -> float:
 
 def clean(cfg_exec: str) -> None:
     cfg = load_config([], {"iptables-executables": cfg_exec}, {})
-    install_mod.uninstall(cfg)
+    install_mod.uninstall(cfg, os.environ)
 
 
 def stats(xs: list[float]) -> str:
@@ -117,7 +118,7 @@ def main() -> None:
         from iptables import netlink
 
         netlink.enter_netns(ns)
-        prep = install_mod.prepare(cfg)
+        prep = install_mod.prepare(cfg, os.environ)
         assert len(prep.rulesets) == 2, "expected a dual-stack ruleset"
         texts = {rs.family: builder.render(rs, comments=prep.facts.comments) + "\n" for rs in prep.rulesets}
         n_rules = sum(len(t.rules) for rs in prep.rulesets for t in rs.tables)
@@ -144,12 +145,12 @@ def main() -> None:
         for i in range(args.reps + 1):  # first round is warm-up
             clean(exe)
             t0 = time.perf_counter()
-            res = install_mod.install(cfg)
+            res = install_mod.install(install_mod.prepare(cfg, os.environ))
             t_ours = time.perf_counter() - t0
             assert res.families == (4, 6)
             clean(exe)
             t0 = time.perf_counter()
-            install_mod.install_native(cfg)
+            install_mod.install_native(install_mod.prepare(cfg, os.environ, native=True))
             t_native = time.perf_counter() - t0
             install_mod.uninstall_native()
             t0 = time.perf_counter()

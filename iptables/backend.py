@@ -2,6 +2,8 @@
 
 Everything that runs a process lives here; the rules come from `builder` and the transactions from `state`,
 both pure. Probes run concurrently (each iptables process costs a few ms; the install budget is 150 ms).
+The environment the binaries are looked up in and run with (PATH, XTABLES_LOCKFILE, ...) is passed in by
+the caller, never read from the process here, and travels with the `Executables` found in it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 from iptables.config import TransparentProxyConfig
 from iptables.state import SavedTable, parse_save
 
-log = logging.getLogger("kuma_dp.tproxy")
+log = logging.getLogger(__name__)
 
 FALLBACK_DIRS = ("/usr/sbin", "/sbin", "/usr/bin", "/bin")
 VERSION_RE = re.compile(r"^ip6?tables[\w-]*? v(\d+(?:\.\d+)+)(?: \((.*?)\))?")
@@ -37,6 +39,8 @@ class Executables:
     iptables: str
     save: str
     restore: str
+    #: the environment they run with; None inherits this process's
+    env: Mapping[str, str] | None = field(default=None, compare=False, repr=False)
 
     def restore_argv(self, cfg: TransparentProxyConfig | None, *, noflush: bool = True) -> list[str]:
         argv = [self.restore]
@@ -57,6 +61,12 @@ class Detected:
     saved6: dict[str, SavedTable] | None
     modules: frozenset[str] = field(default_factory=frozenset)
     warnings: list[str] = field(default_factory=list)
+
+    def family(self, family: int) -> tuple[Executables, dict[str, SavedTable]]:
+        """The executables and saved tables of family 4 or 6, which must have been detected."""
+        exe, saved = (self.v4, self.saved4) if family == 4 else (self.v6, self.saved6)
+        assert exe is not None and saved is not None
+        return exe, saved
 
 
 def _run_many(
@@ -87,8 +97,8 @@ def _run_many(
     return out
 
 
-def _find(name: str, path_env: str | None) -> str | None:
-    found = shutil.which(name, path=path_env) if path_env else shutil.which(name)
+def _find(name: str, env: Mapping[str, str]) -> str | None:
+    found = shutil.which(name, path=env.get("PATH", os.defpath))
     if found:
         return found
     for d in FALLBACK_DIRS:
@@ -108,44 +118,48 @@ def version_mode(output: str) -> str | None:
     return "nft" if m.group(2) == "nf_tables" else "legacy"
 
 
-def _candidates(family: int, path_env: str | None) -> list[Executables]:
+def _candidates(family: int, env: Mapping[str, str]) -> list[Executables]:
     """Both sets if they exist: `iptables-{nft,legacy}{,-save,-restore}`, else plain `iptables*` by version."""  # noqa: E501
     base = "iptables" if family == 4 else "ip6tables"
     sets: list[Executables] = []
-    plain = [_find(f"{base}{s}", path_env) for s in ("", "-save", "-restore")]
+    plain = [_find(f"{base}{s}", env) for s in ("", "-save", "-restore")]
     for mode in ("nft", "legacy"):
-        paths = [_find(f"{base}-{mode}{s}", path_env) for s in ("", "-save", "-restore")]
+        paths = [_find(f"{base}-{mode}{s}", env) for s in ("", "-save", "-restore")]
         if all(paths):
-            sets.append(Executables(family, mode, paths[0], paths[1], paths[2]))  # type: ignore[arg-type]
+            sets.append(Executables(family, mode, paths[0], paths[1], paths[2], env))  # type: ignore[arg-type]
     if not sets and all(plain):
-        outs = _run_many([[p, "--version"] for p in plain])  # type: ignore[list-item]
+        outs = _run_many([[p, "--version"] for p in plain], env)  # type: ignore[list-item]
         modes = {version_mode(o + e) for _, o, e in outs}
         if len(modes) == 1 and None not in modes:
-            sets.append(Executables(family, modes.pop(), plain[0], plain[1], plain[2]))  # type: ignore[arg-type]
+            sets.append(Executables(family, modes.pop(), plain[0], plain[1], plain[2], env))  # type: ignore[arg-type]
     return sets
 
 
-def _from_config(family: int, given: Mapping[str, str]) -> Executables | None:
+def _from_config(family: int, given: Mapping[str, str], env: Mapping[str, str]) -> Executables | None:
     base = "iptables" if family == 4 else "ip6tables"
     if base not in given:
         return None
     paths = [given[base], given[f"{base}-save"], given[f"{base}-restore"]]
-    outs = _run_many([[paths[0], "--version"]])
+    outs = _run_many([[paths[0], "--version"]], env)
     mode = version_mode(outs[0][1] + outs[0][2]) or "legacy"
-    return Executables(family, mode, *paths)
+    return Executables(family, mode, *paths, env=env)
 
 
 def _has_rules(tables: dict[str, SavedTable]) -> bool:
     return any(t.rules or any(c not in BUILTIN_CHAINS for c in t.chain_names()) for t in tables.values())
 
 
-def detect(cfg: TransparentProxyConfig, *, want_v6: bool, env: Mapping[str, str] | None = None) -> Detected:
-    """Kuma's choice (KUMA-DP.md §13.2) plus our datapath check: a set whose nat table fails here is skipped."""  # noqa: E501
-    env = dict(os.environ if env is None else env)
-    path_env = env.get("PATH")
+def detect(cfg: TransparentProxyConfig, *, want_v6: bool, env: Mapping[str, str]) -> Detected:
+    """Kuma's choice of executables plus our datapath check: a set whose nat table fails here is skipped.
+
+    Kuma's choice (`pkg/transparentproxy/config/config_executables.go` in kumahq/kuma): the given
+    `--iptables-executables`, else nft or legacy, preferring the one that already has rules, nft on a tie.
+    `env` is the environment to look the binaries up in (its PATH) and to run them with.
+    """
+    env = dict(env)
     warnings: list[str] = []
-    given4 = _from_config(4, cfg.iptables_executables)
-    cands = [given4] if given4 else _candidates(4, path_env)
+    given4 = _from_config(4, cfg.iptables_executables, env)
+    cands = [given4] if given4 else _candidates(4, env)
     if not cands:
         raise BackendError(
             "no iptables executables found (looked for iptables-nft, iptables-legacy and iptables in $PATH, "
@@ -182,11 +196,11 @@ def detect(cfg: TransparentProxyConfig, *, want_v6: bool, env: Mapping[str, str]
     v6: Executables | None = None
     saved6: dict[str, SavedTable] | None = None
     if want_v6:
-        given6 = _from_config(6, cfg.iptables_executables)
+        given6 = _from_config(6, cfg.iptables_executables, env)
         if given6:
             c6: Executables | None = given6
         else:
-            c6 = next((c for c in _candidates(6, path_env) if c.mode == v4.mode), None)
+            c6 = next((c for c in _candidates(6, env) if c.mode == v4.mode), None)
         if c6 is None:
             warnings.append(
                 f"no ip6tables executables matching {v4.mode} mode found: installing IPv4 rules only"
@@ -248,7 +262,7 @@ def failing_line(stderr: str, text: str) -> str:
 def restore(exe: Executables, text: str, cfg: TransparentProxyConfig | None, *, noflush: bool = True) -> None:
     argv = exe.restore_argv(cfg, noflush=noflush)
     try:
-        proc = subprocess.run(argv, input=text, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(argv, input=text, capture_output=True, text=True, timeout=300, env=exe.env)
     except OSError as exc:
         raise BackendError(f"cannot run {argv[0]}: {exc.strerror or exc}") from exc
     if proc.returncode != 0:
@@ -257,14 +271,11 @@ def restore(exe: Executables, text: str, cfg: TransparentProxyConfig | None, *, 
 
 
 def save(exe: Executables) -> dict[str, SavedTable]:
-    proc = subprocess.run([exe.save], capture_output=True, text=True, timeout=60)
-    if proc.returncode != 0:
-        raise BackendError(f"{exe.save} failed (exit {proc.returncode}): {proc.stderr.strip()}")
-    return parse_save(proc.stdout)
+    return parse_save(save_text(exe))
 
 
 def save_text(exe: Executables) -> str:
-    proc = subprocess.run([exe.save], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([exe.save], capture_output=True, text=True, timeout=60, env=exe.env)
     if proc.returncode != 0:
         raise BackendError(f"{exe.save} failed (exit {proc.returncode}): {proc.stderr.strip()}")
     return proc.stdout

@@ -1,6 +1,7 @@
 """The pure rule builder: config + host facts -> ruleset model -> iptables-restore text.
 
-Rules, order and comments follow KUMA-DP.md §13.5-13.7. Nothing here touches the kernel, so the whole rule
+Rules, order and comments follow Kuma's builder (`pkg/transparentproxy/iptables/builder/builder_table_*.go` in
+kumahq/kuma v2.14.3). Nothing here touches the kernel, so the whole rule
 order is checked against Kuma's goldens in unit tests, and install, uninstall and `plan --diff` all derive
 from this one model (istio's lesson: never keep a separate list of what to clean up).
 """
@@ -54,6 +55,11 @@ class Table:
     def add(self, chain: str, args: str | Iterable[str], comment: str, *, insert: bool = False) -> None:
         argv = tuple(args.split()) if isinstance(args, str) else tuple(args)
         self.rules.append(Rule(chain, argv, comment, insert))
+
+    def add_per_port(self, chain: str, ports: Iterable[int], target: str, comment: str) -> None:
+        """One `-p tcp --dport <port> -j <target>` rule per port; `{port}` in `comment` names the port."""
+        for port in ports:
+            self.add(chain, f"-p tcp --dport {port} -j {target}", comment.format(port=port))
 
 
 @dataclass
@@ -194,19 +200,19 @@ def build(cfg: TransparentProxyConfig, facts: HostFacts, uid: int, family: int) 
             if _family_of(ip) == family:
                 nat.add(INBOUND, f"-s {ip} -j RETURN", "skip further processing for configured IP address")
         if inb.include_ports:
-            for p in inb.include_ports:
-                nat.add(
-                    INBOUND,
-                    f"-p tcp --dport {p} -j {INBOUND_REDIRECT}",
-                    f"redirect inbound traffic from port {p} to the custom chain for processing",
-                )
+            nat.add_per_port(
+                INBOUND,
+                inb.include_ports,
+                INBOUND_REDIRECT,
+                "redirect inbound traffic from port {port} to the custom chain for processing",
+            )
         else:
-            for p in inb.exclude_ports:
-                nat.add(
-                    INBOUND,
-                    f"-p tcp --dport {p} -j RETURN",
-                    f"exclude inbound traffic from port {p} from redirection",
-                )
+            nat.add_per_port(
+                INBOUND,
+                inb.exclude_ports,
+                "RETURN",
+                "exclude inbound traffic from port {port} from redirection",
+            )
             nat.add(
                 INBOUND,
                 f"-p tcp -j {INBOUND_REDIRECT}",
@@ -219,12 +225,12 @@ def build(cfg: TransparentProxyConfig, facts: HostFacts, uid: int, family: int) 
         nat.add(OUTBOUND, "-p tcp -j RETURN", "outbound traffic redirection is disabled")
     else:
         if not outb.include_ports:
-            for p in outb.exclude_ports:
-                nat.add(
-                    OUTBOUND,
-                    f"-p tcp --dport {p} -j RETURN",
-                    f"exclude outbound traffic from port {p} from redirection",
-                )
+            nat.add_per_port(
+                OUTBOUND,
+                outb.exclude_ports,
+                "RETURN",
+                "exclude outbound traffic from port {port} from redirection",
+            )
         nat.add(
             OUTBOUND,
             f"-s {passthrough} -o {lo} -j RETURN",
@@ -254,12 +260,12 @@ def build(cfg: TransparentProxyConfig, facts: HostFacts, uid: int, family: int) 
             f"return traffic destined for localhost ({lo_addr}) to avoid redirection",
         )
         if outb.include_ports:
-            for p in outb.include_ports:
-                nat.add(
-                    OUTBOUND,
-                    f"-p tcp --dport {p} -j {OUTBOUND_REDIRECT}",
-                    f"redirect outbound TCP traffic to port {p} to our custom chain for further processing",
-                )
+            nat.add_per_port(
+                OUTBOUND,
+                outb.include_ports,
+                OUTBOUND_REDIRECT,
+                "redirect outbound TCP traffic to port {port} to our custom chain for further processing",
+            )
         else:
             nat.add(
                 OUTBOUND,

@@ -1,8 +1,10 @@
 """`kuma-dp transparent-proxy install|uninstall|plan` and the `kuma-init` console script.
 
-Flags and config keys are Kuma v2.14's (`kumactl install transparent-proxy`, KUMA-DP.md §13.4), so existing
-scripts, init-container specs and `--config` files work unchanged. The command body is a thin sequence over
-the pure parts: config -> facts -> builder -> state transaction -> backend.
+Flags and config keys are Kuma v2.14.3's (`app/kumactl/cmd/install/install_transparent_proxy.go` in
+kumahq/kuma), so existing scripts, init-container specs and `--config` files work unchanged; the options
+are generated from `iptables.settings.SETTINGS`, which declares each one. The command bodies are thin
+sequences over the pure parts: config -> facts -> builder -> state transaction -> backend. Being the entry
+point, this module is the one place that reads the process environment; everything below gets it passed.
 """
 
 from __future__ import annotations
@@ -20,75 +22,38 @@ import click
 from iptables import backend, builder, state
 from iptables import install as install_mod
 from iptables.config import ConfigError, TransparentProxyConfig, load_config
+from iptables.settings import SETTINGS, Setting, setting_for_flag
 
-# (flag, kind, help); kind: "flag" (bool, given = True), "bool" (--x/--no-x), "multi", or a click type
-_OPTIONS: list[tuple[str, Any, str]] = [
-    ("kuma-dp-user", str, "name or UID of the user running kuma-dp (default: UID 5678, then user kuma-dp)"),
-    ("kuma-dp-uid", str, "deprecated: use --kuma-dp-user"),
-    ("redirect-inbound", "bool", "redirect inbound traffic (default true)"),
-    ("redirect-inbound-port", str, "inbound redirect port (default 15006)"),
-    ("redirect-outbound-port", str, "outbound redirect port (default 15001)"),
-    ("exclude-inbound-ports", str, "comma list of inbound ports not redirected (tip: 22)"),
-    ("exclude-outbound-ports", str, "comma list of outbound ports not redirected"),
-    (
-        "exclude-inbound-ips",
-        "multi",
-        "IPs/CIDRs (comma lists, repeatable) whose inbound traffic is not redirected",
-    ),
-    ("exclude-outbound-ips", "multi", "destination IPs/CIDRs (comma lists, repeatable) not redirected"),
-    (
-        "exclude-outbound-ports-for-uids",
-        "multi",
-        "[tcp|udp|*:][ports|*:]uids, repeatable, e.g. 53,3000-5000:106-108",
-    ),
-    (
-        "redirect-inbound-insert-instead-of-append",
-        "flag",
-        "insert the PREROUTING jump instead of appending it",
-    ),
-    ("redirect-outbound-insert-instead-of-append", "flag", "insert the OUTPUT jump instead of appending it"),
-    ("redirect-dns", "flag", "redirect DNS to resolv.conf name servers to the kuma-dp DNS proxy"),
-    ("redirect-all-dns-traffic", "flag", "redirect all DNS traffic to the kuma-dp DNS proxy"),
-    ("redirect-dns-port", str, "DNS proxy port (default 15053)"),
-    ("skip-dns-conntrack-zone-split", "flag", "do not split DNS conntrack zones"),
-    (
-        "vnet",
-        "multi",
-        "ifaceRegex:CIDR of a virtual network to redirect, repeatable, e.g. docker0:172.17.0.0/16",
-    ),
-    ("ip-family-mode", str, "dualstack or ipv4 (default dualstack)"),
-    ("drop-invalid-packets", "flag", "drop packets in conntrack state INVALID (mangle)"),
-    ("iptables-logs", "flag", "add LOG rules"),
-    ("disable-comments", "flag", "do not tag rules with comments"),
-    ("wait", str, "seconds to wait for the xtables lock (legacy only, default 5)"),
-    ("wait-interval", str, "microseconds between xtables lock attempts (legacy only)"),
-    ("max-retries", str, "retries after a failed apply (default 4)"),
-    ("sleep-between-retries", str, "pause between retries (default 2s)"),
-    (
-        "iptables-executables",
-        str,
-        "name:path,... for all of iptables, iptables-save, iptables-restore (+ ip6tables*)",
-    ),
-    ("store-firewalld", "flag", "also write /etc/firewalld/direct.xml (not supported here)"),
-    ("ebpf-enabled", "flag", "eBPF mode (not supported here)"),
-    ("ebpf-instance-ip", str, "eBPF instance IP (not supported here)"),
-    ("ebpf-bpffs-path", str, "eBPF bpffs path (not supported here)"),
-    ("ebpf-cgroup-path", str, "eBPF cgroup path (not supported here)"),
-    ("ebpf-programs-source-path", str, "eBPF programs path (not supported here)"),
-    ("ebpf-tc-attach-iface", str, "eBPF tc interface (not supported here)"),
-]
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def _default_note(s: Setting) -> str:
+    """` (default 15006)` for options that take a value; bare flags are off unless given."""
+    if s.shape not in ("value", "switch") or s.default in ("", [], {}):
+        return ""
+    shown = str(s.default).lower() if isinstance(s.default, bool) else s.default
+    return f" (default {shown})"
+
+
+def _option(flag: str, help_: str | None = None) -> Decorator:
+    """The click option for one flag of a setting, shaped by its kind (see `Setting.shape`)."""
+    s = setting_for_flag(flag)
+    assert s is not None, flag
+    if help_ is None:
+        help_ = s.help + _default_note(s) if flag == s.flags[0] else f"deprecated: use --{s.flags[0]}"
+    if s.shape == "flag":
+        return click.option(f"--{flag}", is_flag=True, default=None, help=help_)
+    if s.shape == "switch":
+        return click.option(f"--{flag}/--no-{flag}", default=None, help=help_)
+    if s.shape == "multi":
+        return click.option(f"--{flag}", multiple=True, help=help_)
+    return click.option(f"--{flag}", type=str, default=None, help=help_)
 
 
 def _install_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    for name, kind, help_ in reversed(_OPTIONS):
-        if kind == "flag":
-            f = click.option(f"--{name}", is_flag=True, default=None, help=help_)(f)
-        elif kind == "bool":
-            f = click.option(f"--{name}/--no-{name}", default=None, help=help_)(f)
-        elif kind == "multi":
-            f = click.option(f"--{name}", multiple=True, help=help_)(f)
-        else:
-            f = click.option(f"--{name}", type=kind, default=None, help=help_)(f)
+    """Every setting's flags, in `SETTINGS` order, then `--config` and the deprecated `--config-file`."""
+    for flag in reversed([flag for s in SETTINGS if s.shape != "command" for flag in s.flags]):
+        f = _option(flag)(f)
     f = click.option(
         "--config", "configs", multiple=True, help="YAML/JSON config file, repeatable; - = stdin"
     )(f)
@@ -111,19 +76,25 @@ def _common_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
+def _install_command(f: Callable[..., Any]) -> Callable[..., Any]:
+    """What `install` and `kuma-init` share: every setting's flag, `--config`, the common options, `--dry-run`."""  # noqa: E501
+    f = click.pass_context(f)
+    f = click.option(
+        "--dry-run", is_flag=True, default=None, help="print the iptables-restore input, change nothing"
+    )(f)
+    return _install_options(_common_options(f))
+
+
 def _flags(ctx: click.Context, params: dict[str, Any]) -> dict[str, Any]:
     """Only flags the user actually gave: defaults must not override config files or env."""
+    given = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
     out: dict[str, Any] = {}
-    for name, _, _ in [*_OPTIONS, ("dry-run", None, ""), ("verbose", None, "")]:
-        key = name.replace("-", "_")
-        if key not in params:
+    for flag in (flag for s in SETTINGS for flag in s.flags):
+        key = flag.replace("-", "_")
+        if key not in params or ctx.get_parameter_source(key) not in given:
             continue
-        src = ctx.get_parameter_source(key)
-        if src in (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT):
-            value = params[key]
-            if value is None or value == ():
-                continue
-            out[name] = value
+        if params[key] is not None and params[key] != ():
+            out[flag] = params[key]
     return out
 
 
@@ -134,6 +105,16 @@ def _fail(msg: str) -> None:
 
 def _warn(msg: str) -> None:
     click.echo(f"# [WARNING] {msg}", err=True)
+
+
+def _enter_netns(params: dict[str, Any]) -> None:
+    if params.get("netns"):
+        from iptables import netlink
+
+        try:
+            netlink.enter_netns(params["netns"])
+        except RuntimeError as exc:
+            _fail(str(exc))
 
 
 def _load(ctx: click.Context, params: dict[str, Any]) -> TransparentProxyConfig:
@@ -147,7 +128,7 @@ def _load(ctx: click.Context, params: dict[str, Any]) -> TransparentProxyConfig:
 
 def _prepare(cfg: TransparentProxyConfig, *, dry_run: bool, native: bool = False) -> install_mod.Prepared:
     try:
-        prep = install_mod.prepare(cfg, dry_run=dry_run, native=native)
+        prep = install_mod.prepare(cfg, os.environ, dry_run=dry_run, native=native)
     except (ConfigError, backend.BackendError) as exc:
         _fail(str(exc))
         raise AssertionError from None
@@ -162,13 +143,7 @@ def transparent_proxy() -> None:
 
 
 def _install(ctx: click.Context, params: dict[str, Any]) -> None:
-    if params.get("netns"):
-        from iptables import netlink
-
-        try:
-            netlink.enter_netns(params["netns"])
-        except RuntimeError as exc:
-            _fail(str(exc))
+    _enter_netns(params)
     cfg = _load(ctx, params)
     dry_run = bool(params.get("dry_run")) or cfg.dry_run
     native = params.get("backend") == "nft-native"
@@ -185,7 +160,7 @@ def _install(ctx: click.Context, params: dict[str, Any]) -> None:
         )
         return
     try:
-        res = install_mod.install_native(cfg, prep) if native else install_mod.install(cfg, prep)
+        res = install_mod.install_native(prep) if native else install_mod.install(prep)
     except backend.BackendError as exc:
         _fail(f"{exc} (rules left as they were before this install)")
         return
@@ -198,12 +173,7 @@ def _install(ctx: click.Context, params: dict[str, Any]) -> None:
 
 
 @transparent_proxy.command("install")
-@_install_options
-@_common_options
-@click.option(
-    "--dry-run", is_flag=True, default=None, help="print the iptables-restore input, change nothing"
-)
-@click.pass_context
+@_install_command
 def install(ctx: click.Context, **params: Any) -> None:
     """Install the transparent proxy rules (same flags and config keys as `kumactl install transparent-proxy`)."""  # noqa: E501
     _install(ctx, params)
@@ -212,22 +182,17 @@ def install(ctx: click.Context, **params: Any) -> None:
 @transparent_proxy.command("uninstall")
 @_common_options
 @click.option("--dry-run", is_flag=True, default=None, help="print what would be removed, change nothing")
-@click.option("--iptables-executables", default=None, help="name:path,... as for install")
-@click.option("--ebpf-enabled", is_flag=True, default=None, help="eBPF mode (not supported here)")
-@click.option("--ebpf-bpffs-path", default=None, help="eBPF bpffs path (not supported here)")
+@_option("iptables-executables", "name:path,... as for install")
+@_option("ebpf-enabled")
+@_option("ebpf-bpffs-path", "eBPF bpffs path (not supported here)")
 def uninstall(**params: Any) -> None:
     """Remove exactly our chains and rules (KUMA_MESH* and kuma/mesh/transparent/proxy comments); keep the rest."""  # noqa: E501
-    if params.get("netns"):
-        from iptables import netlink
-
-        try:
-            netlink.enter_netns(params["netns"])
-        except RuntimeError as exc:
-            _fail(str(exc))
+    _enter_netns(params)
     flags = (
         {"iptables-executables": params["iptables_executables"]} if params.get("iptables_executables") else {}
     )
     try:
+        # Only --iptables-executables matters here, and only as a flag: uninstall reads no config or env.
         cfg = load_config([], flags, {})
     except ConfigError as exc:
         _fail(str(exc))
@@ -242,12 +207,12 @@ def uninstall(**params: Any) -> None:
             install_mod.uninstall_native()
             click.echo("transparent proxy uninstalled")
             return
-        steps = install_mod.uninstall_plan(cfg)
+        steps = install_mod.uninstall_plan(cfg, os.environ)
         if params.get("dry_run"):
             for exe, _, text in steps:
                 click.echo(f"### IPv{exe.family} ###\n\n{text}")
             return
-        install_mod.uninstall(cfg)
+        install_mod.uninstall(cfg, os.environ)
     except backend.BackendError as exc:
         _fail(f"{exc} (rules left as they were)")
     click.echo("transparent proxy uninstalled")
@@ -265,6 +230,7 @@ def canonical(exe: backend.Executables, ruleset: builder.Ruleset, *, comments: b
         text=True,
         timeout=60,
         cwd=str(Path(__file__).resolve().parent.parent),
+        env=exe.env,
     )
     if proc.returncode != 0:
         raise backend.BackendError(
@@ -283,13 +249,7 @@ def canonical(exe: backend.Executables, ruleset: builder.Ruleset, *, comments: b
 @click.pass_context
 def plan(ctx: click.Context, show_diff: bool, as_json: bool, **params: Any) -> None:
     """Compare the desired rules with the live ones: exit 0 when equal, 2 when they differ."""
-    if params.get("netns"):
-        from iptables import netlink
-
-        try:
-            netlink.enter_netns(params["netns"])
-        except RuntimeError as exc:
-            _fail(str(exc))
+    _enter_netns(params)
     if params.get("backend") == "nft-native":
         _fail(
             "plan compares iptables rules; for --backend nft-native inspect `nft list table inet kuma_mesh`"
@@ -300,8 +260,7 @@ def plan(ctx: click.Context, show_diff: bool, as_json: bool, **params: Any) -> N
     assert det is not None
     plans = []
     for rs in prep.rulesets:
-        exe, saved = (det.v4, det.saved4) if rs.family == 4 else (det.v6, det.saved6)
-        assert exe is not None and saved is not None
+        exe, saved = det.family(rs.family)
         try:
             desired = canonical(
                 exe, rs, comments=prep.facts.comments, docker=rs.family in prep.facts.docker_output
@@ -326,12 +285,7 @@ def plan(ctx: click.Context, show_diff: bool, as_json: bool, **params: Any) -> N
 
 
 @click.command("kuma-init", context_settings={"help_option_names": ["-h", "--help"]})
-@_install_options
-@_common_options
-@click.option(
-    "--dry-run", is_flag=True, default=None, help="print the iptables-restore input, change nothing"
-)
-@click.pass_context
+@_install_command
 def kuma_init(ctx: click.Context, **params: Any) -> None:
     """Init-container entry point: `kumactl install transparent-proxy` flags and KUMA_TRANSPARENT_PROXY_* env."""  # noqa: E501
     _install(ctx, params)

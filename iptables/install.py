@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,8 +43,13 @@ class InstallResult:
     warnings: tuple[str, ...]
 
 
-def prepare(cfg: TransparentProxyConfig, *, dry_run: bool = False, native: bool = False) -> Prepared:
-    """Gather host facts (netlink, iptables probes), build each family's ruleset; changes nothing but ::6."""
+def prepare(
+    cfg: TransparentProxyConfig, env: Mapping[str, str], *, dry_run: bool = False, native: bool = False
+) -> Prepared:
+    """Gather host facts (netlink, iptables probes), build each family's ruleset; changes nothing but ::6.
+
+    `env` is the environment the iptables binaries are found in (PATH) and run with (XTABLES_LOCKFILE, ...).
+    """
     from iptables import netlink
 
     uid = resolve_kuma_dp_uid(cfg.kuma_dp_user, cni_mode=cfg.cni_mode)
@@ -65,7 +71,7 @@ def prepare(cfg: TransparentProxyConfig, *, dry_run: bool = False, native: bool 
     detected: backend.Detected | None = None
     try:
         if not native:
-            detected = backend.detect(cfg, want_v6=cfg.ipv6_wanted and links.has_ipv6)
+            detected = backend.detect(cfg, want_v6=cfg.ipv6_wanted and links.has_ipv6, env=env)
     except BackendError:
         if not dry_run:
             raise
@@ -103,25 +109,15 @@ def prepare(cfg: TransparentProxyConfig, *, dry_run: bool = False, native: bool 
     return Prepared(cfg, uid, facts, detected, builder.build_all(cfg, facts, uid), warnings)
 
 
-def install(cfg: TransparentProxyConfig, prep: Prepared | None = None) -> InstallResult:
-    """Swap our old rules for the new: one atomic restore per family, all families rolled back together."""
-    started = time.monotonic()
-    prep = prep or prepare(cfg)
-    det = prep.detected
-    assert det is not None
-    steps = []
-    for rs in prep.rulesets:
-        exe, saved = (det.v4, det.saved4) if rs.family == 4 else (det.v6, det.saved6)
-        assert exe is not None and saved is not None
-        steps.append((exe, saved, state.install_transaction(saved, rs, comments=prep.facts.comments)))
-    attempts = backend.apply_transactions(steps, cfg)
+def _installed(prep: Prepared, backend_name: str, attempts: int, started: float) -> InstallResult:
+    """The result of an applied install, once the DNS flows opened before it are flushed from conntrack."""
     flushed = 0
-    if cfg.dns.enabled:
+    if prep.cfg.dns.enabled:
         from iptables import netlink
 
         flushed = netlink.flush_dns_conntrack()
     return InstallResult(
-        backend=det.v4.mode,
+        backend=backend_name,
         families=tuple(rs.family for rs in prep.rulesets),
         uid=prep.uid,
         attempts=attempts,
@@ -131,11 +127,24 @@ def install(cfg: TransparentProxyConfig, prep: Prepared | None = None) -> Instal
     )
 
 
+def install(prep: Prepared) -> InstallResult:
+    """Swap our old rules for the new: one atomic restore per family, all families rolled back together."""
+    started = time.monotonic()
+    det = prep.detected
+    assert det is not None
+    steps = []
+    for rs in prep.rulesets:
+        exe, saved = det.family(rs.family)
+        steps.append((exe, saved, state.install_transaction(saved, rs, comments=prep.facts.comments)))
+    attempts = backend.apply_transactions(steps, prep.cfg)
+    return _installed(prep, det.v4.mode, attempts, started)
+
+
 def uninstall_plan(
-    cfg: TransparentProxyConfig,
+    cfg: TransparentProxyConfig, env: Mapping[str, str]
 ) -> list[tuple[backend.Executables, dict[str, state.SavedTable], str]]:
     """Per family: the transaction that removes exactly our lines; refuses foreign KUMA_MESH chains."""
-    det = backend.detect(cfg, want_v6=True)
+    det = backend.detect(cfg, want_v6=True, env=env)
     steps = []
     for exe, saved in ((det.v4, det.saved4), (det.v6, det.saved6)):
         if exe is None or saved is None:
@@ -151,18 +160,21 @@ def uninstall_plan(
     return steps
 
 
-def uninstall(cfg: TransparentProxyConfig) -> None:
+def uninstall(cfg: TransparentProxyConfig, env: Mapping[str, str]) -> None:
     if os.geteuid() != 0:
         raise BackendError("uninstalling the transparent proxy needs root (CAP_NET_ADMIN): run as root")
-    backend.apply_transactions(uninstall_plan(cfg), cfg, sleep=0.2)
+    backend.apply_transactions(uninstall_plan(cfg, env), cfg, sleep=0.2)
 
 
-def install_native(cfg: TransparentProxyConfig, prep: Prepared | None = None) -> InstallResult:
-    """`--backend nft-native`: the same rules as one `table inet kuma_mesh`, replaced in one transaction."""
+def install_native(prep: Prepared) -> InstallResult:
+    """`--backend nft-native`: the same rules as one `table inet kuma_mesh`, replaced in one transaction.
+
+    `prep` must come from `prepare(..., native=True)`.
+    """
     from iptables import nftables
 
+    cfg = prep.cfg
     started = time.monotonic()
-    prep = prep or prepare(cfg, native=True)
     text = nftables.render(prep.rulesets, comments=prep.facts.comments)
     attempts = 0
     for attempt in range(cfg.retry.max_retries + 1):
@@ -174,20 +186,7 @@ def install_native(cfg: TransparentProxyConfig, prep: Prepared | None = None) ->
             if attempt == cfg.retry.max_retries:
                 raise BackendError(str(exc)) from exc
             time.sleep(cfg.retry.sleep_between_retries)
-    flushed = 0
-    if cfg.dns.enabled:
-        from iptables import netlink
-
-        flushed = netlink.flush_dns_conntrack()
-    return InstallResult(
-        backend="nft-native",
-        families=tuple(rs.family for rs in prep.rulesets),
-        uid=prep.uid,
-        attempts=attempts,
-        dns_conntrack_flushed=flushed,
-        seconds=time.monotonic() - started,
-        warnings=tuple(prep.warnings),
-    )
+    return _installed(prep, "nft-native", attempts, started)
 
 
 def uninstall_native() -> None:

@@ -10,7 +10,7 @@ import logging
 import socket
 from dataclasses import dataclass
 
-log = logging.getLogger("kuma_dp.tproxy")
+log = logging.getLogger(__name__)
 
 IFF_LOOPBACK = 0x8
 

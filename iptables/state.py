@@ -1,7 +1,9 @@
 """Pure functions over `iptables-save` text: ownership, install/uninstall transactions, plan diffs.
 
-Ownership is Kuma's (KUMA-DP.md §13.8): a line is ours when it names a `KUMA_MESH` chain or carries the
-`kuma/mesh/transparent/proxy` comment prefix, so Kuma's own uninstall removes what we install and vice versa.
+Ownership is Kuma's (`IptablesChainsPrefix` and `IptablesRuleCommentPrefix` in
+`pkg/transparentproxy/consts/consts.go`, kumahq/kuma v2.14.3): a line is ours when it names a `KUMA_MESH`
+chain or carries the `kuma/mesh/transparent/proxy` comment prefix, so Kuma's own uninstall removes what we
+install and vice versa.
 Install and uninstall are each ONE `iptables-restore --noflush` input per family: deleting our old rules,
 creating-or-flushing our chains and adding the new rules commit together, so a failure never leaves half a
 ruleset.

@@ -1,4 +1,4 @@
-"""Backend choice (KUMA-DP.md §13.2), restore-error wording and nft-native translation, no kernel needed."""
+"""Backend choice as Kuma makes it, restore-error texts and nft-native translation; no kernel needed."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Pure builder vs Kuma's `install transparent-proxy --dry-run` goldens (tproxy-dryrun/CASES.md)."""
+"""The pure builder against the goldens of Kuma's `install transparent-proxy --dry-run` (tproxy-dryrun/)."""
 
 from __future__ import annotations
 
