@@ -13,7 +13,6 @@ import asyncio
 import gc
 import logging
 import os
-import signal
 import sys
 
 import click
@@ -70,6 +69,7 @@ def dns(
     log_level: str,
 ) -> None:
     """Serve *.mesh names from a records file and forward everything else."""
+    from kuma_dp.component import run_components
     from kuma_dp.config import env_value
 
     from .component import DNSComponent, RecordsFileError
@@ -93,24 +93,16 @@ def dns(
         mmsg=env_value("dns.mmsg", os.environ),
     )
 
+    def serving() -> None:
+        # Everything imported and loaded so far lives for the whole run: keep it out of the collector's
+        # full passes, which otherwise show up as millisecond stalls in the latency tail.
+        gc.freeze()
+        # One machine-readable line so scripts (and tests) learn the port when --port 0 was given.
+        print(f"listening port={comp.port}", flush=True)
+
     async def main() -> None:
-        loop = asyncio.get_running_loop()
-        task = asyncio.ensure_future(comp.run())
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
-        ready = asyncio.ensure_future(comp.ready.wait())
-        await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
-        if comp.ready.is_set():
-            # Everything imported and loaded so far lives for the whole run: keep it out of the collector's
-            # full passes, which otherwise show up as millisecond stalls in the latency tail.
-            gc.freeze()
-            # One machine-readable line so scripts (and tests) learn the port when --port 0 was given.
-            print(f"listening port={comp.port}", flush=True)
-        ready.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
+        # Until SIGINT/SIGTERM; a failure (records file, port in use) is raised to the handlers below.
+        await run_components([comp], name="dns server", on_ready=serving)
 
     try:
         _run_loop(main)

@@ -1,9 +1,10 @@
 """The DNS server as a `kuma-dp run` component (and the engine of `kuma-dp dns`).
 
 Order of events in `run()`: load the persisted last-known-good table (answers mesh names at once), bind the
-listeners, set `ready`; `has_records` is set by the first table from any source (it is the readiness gate of
-KUMA-DP.md §7). New tables arrive through `update()` (the dynconf `/dns` handler or an in-process push) or a
-watched records file.
+listeners, set `ready`; `has_records` is set by the first table from any source (it opens the readiness
+reporter's DNS gate: `/ready` says NOT_READY until then, at most 15 s, as in Kuma's
+`app/kuma-dp/pkg/dataplane/readiness/component.go`). New tables arrive through `update()` (the dynconf `/dns`
+handler or an in-process push) or a watched records file.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.registry import REGISTRY, CollectorRegistry
 
@@ -28,13 +29,14 @@ from .upstream import Address, Forwarder, read_resolv_conf
 if TYPE_CHECKING:
     from kuma_dp.agent import AgentContext
 
-log = logging.getLogger("kuma_dns")
+log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 15053
 
 
 def bind_addresses(transparent_proxy: bool, vnet: bool = False, ip_family: str = "dualstack") -> list[str]:
-    """Kuma's bind table (KUMA-DP.md §11.3): any address without tproxy, loopback with it, any with VNet."""
+    """Kuma's bind table (`dnsProxyAddresses` in `app/kuma-dp/cmd/run.go`): any address without tproxy,
+    loopback with it, any with VNet; IPv4 and IPv6 bound separately, IPv6 unless the family is `ipv4`."""
     v6 = ip_family.lower() != "ipv4"
     if not transparent_proxy:
         return ["0.0.0.0"]
@@ -46,7 +48,7 @@ def bind_addresses(transparent_proxy: bool, vnet: bool = False, ip_family: str =
 class DNSComponent(Component):
     """Local DNS for `*.mesh`: call `update(payload_bytes, etag)` with each `/dns` body."""
 
-    name: ClassVar[str] = "dns"
+    name = "dns"
 
     def __init__(
         self,
@@ -141,27 +143,30 @@ class DNSComponent(Component):
         return out
 
     async def run(self) -> None:
-        if self.records_file is not None:
-            self._load_file(self.records_file, initial=True)
-        else:
-            self.store.load_persisted()
-        if self.store.current.loaded:
-            self.metrics.config_loaded(self.store.current.extra_labels)
-        forwarder = Forwarder([], self.metrics, timeout=self._timeout, parallel=self._parallel)
-        self.server = DNSServer(
-            self.store, forwarder, self.metrics, self._addresses, self._port, mmsg=self._mmsg
-        )
-        await self.server.start()
-        forwarder.upstreams = self._upstreams_without_self(self.server.port)
-        if not forwarder.upstreams:
-            log.warning("dns: no upstream nameservers: names outside the mesh get SERVFAIL")
-        self.ready.set()
-        if self.store.current.loaded:
-            self.has_records.set()
+        """The component contract (`kuma_dp.component`): serve until cancelled; the listeners are closed and
+        the metrics unregistered in `finally`, also when the start fails (records file, port in use)."""
         try:
+            if self.records_file is not None:
+                self._load_file(self.records_file, initial=True)
+            else:
+                self.store.load_persisted()
+            if self.store.current.loaded:
+                self.metrics.config_loaded(self.store.current.extra_labels)
+            forwarder = Forwarder([], self.metrics, timeout=self._timeout, parallel=self._parallel)
+            self.server = DNSServer(
+                self.store, forwarder, self.metrics, self._addresses, self._port, mmsg=self._mmsg
+            )
+            await self.server.start()
+            forwarder.upstreams = self._upstreams_without_self(self.server.port)
+            if not forwarder.upstreams:
+                log.warning("dns: no upstream nameservers: names outside the mesh get SERVFAIL")
+            self.ready.set()
+            if self.store.current.loaded:
+                self.has_records.set()
             await self._housekeeping()
         finally:
-            await self.server.close()
+            if self.server is not None:
+                await self.server.close()
             if self._registry is not None:
                 with contextlib.suppress(KeyError):
                     self._registry.unregister(self.metrics)  # type: ignore[arg-type]

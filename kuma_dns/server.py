@@ -23,7 +23,7 @@ from .metrics import RCODE_NAMES, DNSMetrics
 from .table import MESH_SUFFIX, Answer, MeshTable, TableStore, build_answer
 from .upstream import FLAG_BYTES, Forwarder
 
-log = logging.getLogger("kuma_dns.server")
+log = logging.getLogger(__name__)
 
 #: Outstanding slow-path (forwarded) UDP queries before new ones are dropped (dnsmasq's default is 150).
 MAX_PENDING = 2048

@@ -1,7 +1,7 @@
 """The agent runtime of `kuma-dp run`: one asyncio program that composes the components and shuts down
 in one ordered path.
 
-Public API (helper A's `run` command ends with it)::
+Public API (`kuma_dp.commands.run` ends with it)::
 
     exit_code = asyncio.run(run_agent(cfg, bootstrap_path))   # or run_agent_sync(cfg, bootstrap_path)
 
@@ -20,37 +20,38 @@ A `ComponentSpec` is a `kuma_dp.component.Component` or a factory `(AgentContext
 AFTER_ENVOY below ("module:factory", imported only when a run starts, so `kuma-dp run` pays nothing for
 what it does not use).
 
-Order (KUMA-DP.md §5.5): [token checked by `run`] → DNS → Envoy → config fetcher → access logs → metrics
-→ readiness reporter. Each non-resilient component's `ready` is awaited before the next starts. The
-readiness socket is bound before anything starts, so a taken port fails fast (kumahq/kuma#11769).
+Order (as Kuma's `app/kuma-dp/cmd/run.go` adds them): [token checked by `run`] → DNS → Envoy → config
+fetcher → access logs → metrics → readiness reporter. Each non-resilient component's `ready` is awaited
+before the next starts. The readiness socket is bound before anything starts, so a taken port fails fast
+(kumahq/kuma#11769).
 
-Exit (§5.3): any Envoy exit stops the agent (exit 1 if Envoy failed, 0 if it exited 0); so does a failing
-non-resilient component (exit 1). Resilient ones restart with exponential backoff (base
-KUMA_DATAPLANE_RESILIENT_COMPONENT_BASE_BACKOFF 5 s, cap _MAX_BACKOFF 1 min, ±20 % jitter). Envoy is
-never restarted.
+Exit (Kuma's `run.go` and `pkg/core/runtime/component/`): any Envoy exit stops the agent (exit 1 if Envoy
+failed, 0 if it exited 0); so does a failing non-resilient component (exit 1). Resilient ones restart with
+exponential backoff (base KUMA_DATAPLANE_RESILIENT_COMPONENT_BASE_BACKOFF 5 s, cap _MAX_BACKOFF 1 min,
+±20 % jitter). Envoy is never restarted. The generic part (ordered start, exit codes, restarts, timed stop)
+is `kuma_dp.component.ComponentManager`; `Agent` adds the Envoy policy: the stop order, Envoy's longer stop
+timeout, and the signal handling with the drain below.
 
-Signals (§5.4): 1st SIGTERM/SIGINT → readiness TERMINATING, POST /healthcheck/fail, wait the drain time
-(a 2nd signal ends the wait, a 3rd exits 1 at once) → stop Envoy (SIGTERM, SIGKILL after 5 s) → stop the
-rest in reverse order, the readiness reporter last → exit 0. SIGUSR2 → POST
-/drain_listeners?inboundonly&graceful&skip_exit; a later SIGTERM skips the drain wait ("already drained").
+Signals (Kuma's `run.go`, since 1.7: kumahq/kuma#4229): 1st SIGTERM/SIGINT → readiness TERMINATING, POST
+/healthcheck/fail, wait the drain time (a 2nd signal ends the wait, a 3rd exits 1 at once) → stop Envoy
+(SIGTERM, SIGKILL after 5 s) → stop the rest in reverse order, the readiness reporter last → exit 0.
+SIGUSR2 → POST /drain_listeners?inboundonly&graceful&skip_exit; a later SIGTERM skips the drain wait
+("already drained").
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import logging
 import os
-import random
 import signal
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kuma_dp.component import Component
+from kuma_dp.component import Component, ComponentManager, with_restarts
 from kuma_dp.envoy import (
     AdminClient,
     EnvoyComponent,
@@ -71,7 +72,7 @@ from kuma_dp.readiness import (
 if TYPE_CHECKING:
     from kuma_dp.config import RunConfig
 
-log = logging.getLogger("kuma-dp.agent")
+log = logging.getLogger(__name__)
 
 #: Components started before Envoy, as "module:factory"; factory(ctx) -> Component | None. The DNS proxy (as
 #: Kuma), and the access-log FIFO, which must exist before Envoy opens its path or Envoy creates a regular
@@ -120,12 +121,6 @@ ComponentFactory = Callable[[AgentContext], Component | None]
 ComponentSpec = Component | ComponentFactory
 
 
-def backoff_delay(attempt: int, base: float, cap: float, rand: Callable[[], float] = random.random) -> float:
-    """Exponential backoff with ±20 % jitter, never above the cap (attempt 0 → about `base`)."""
-    raw = min(cap, base * (2 ** min(attempt, 32)))
-    return min(cap, raw * (0.8 + 0.4 * rand()))
-
-
 def _resolve(spec: ComponentSpec | str, ctx: AgentContext) -> Component | None:
     if isinstance(spec, str):
         module_name, _, attr = spec.partition(":")
@@ -136,104 +131,46 @@ def _resolve(spec: ComponentSpec | str, ctx: AgentContext) -> Component | None:
 
 
 class Agent:
-    """Owns every component task; `run()` returns the exit code."""
+    """The Envoy policy around a `ComponentManager`; `run()` returns the exit code.
 
-    def __init__(self, ctx: AgentContext, components: list[Component], envoy: EnvoyComponent) -> None:
+    The manager runs the components; the agent gives it the stop order (Envoy first: it holds the traffic;
+    then the rest in reverse order; the readiness reporter last, so `/ready` answers TERMINATING until the
+    end), Envoy's stop timeout (its own SIGTERM-to-SIGKILL grace plus 5 s), and the shutdown path: signals
+    interrupt the run and the drain happens before the manager stops anything. Envoy's exit ends the run like
+    any component's: returning (exit code 0) gives 0, raising `EnvoyExitedError` gives 1.
+    """
+
+    def __init__(
+        self,
+        ctx: AgentContext,
+        components: list[Component],
+        envoy: EnvoyComponent,
+        reporter: ReadinessReporter,
+    ) -> None:
         self.ctx = ctx
-        self.components = components
         self.envoy = envoy
-        self.base_backoff = ctx.cfg.dataplane.resilient_component_base_backoff
-        self.max_backoff = ctx.cfg.dataplane.resilient_component_max_backoff
-        self.drain_time = ctx.cfg.dataplane.drain_time
-        self._tasks: dict[Component, asyncio.Task[None]] = {}
-        self._stopped = asyncio.Event()
-        self._exit_code = 0
+        self.reporter = reporter
+        dp = ctx.cfg.dataplane
+        self.drain_time = dp.drain_time
+        restarting = with_restarts(
+            components, dp.resilient_component_base_backoff, dp.resilient_component_max_backoff
+        )
+        self.manager = ComponentManager(
+            restarting,
+            name="agent",
+            stop_order=self._stop_order,
+            stop_timeouts={envoy: envoy.stop_timeout + 5.0},
+        )
         self._term = asyncio.Event()
         self._cut_short = asyncio.Event()
         self._signals = 0
         self._drained = False
         self._background: set[asyncio.Task[Any]] = set()
 
-    # -- component supervision -------------------------------------------------------------------------------
-    def _finish(self, code: int, reason: str) -> None:
-        if not self._stopped.is_set():
-            log.info("stopping the agent reason=%r", reason)
-            self._exit_code = code
-            self._stopped.set()
-
-    async def _supervise(self, comp: Component) -> None:
-        if comp.resilient:
-            await self._supervise_resilient(comp)
-            return
-        try:
-            await comp.run()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.error("component failed component=%s error=%r", comp.name, str(exc) or type(exc).__name__)
-            self._finish(1, f"{comp.name} failed: {exc}")
-            return
-        self._finish(0, f"{comp.name} exited")
-
-    async def _supervise_resilient(self, comp: Component) -> None:
-        attempt = 0
-        while True:
-            started = time.monotonic()
-            try:
-                await comp.run()
-                log.warning("resilient component returned component=%s", comp.name)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.error("resilient component failed component=%s error=%r", comp.name, str(exc))
-            if time.monotonic() - started > self.max_backoff:
-                attempt = 0
-            delay = backoff_delay(attempt, self.base_backoff, self.max_backoff)
-            attempt += 1
-            comp.ready.clear()
-            log.info("restarting component=%s in=%.1fs", comp.name, delay)
-            await asyncio.sleep(delay)
-
-    async def _start_all(self) -> None:
-        for comp in self.components:
-            if self._stopped.is_set() or self._term.is_set():
-                return
-            log.debug("starting component=%s", comp.name)
-            task = asyncio.create_task(self._supervise(comp), name=f"component:{comp.name}")
-            self._tasks[comp] = task
-            if comp.resilient:
-                continue
-            ready = asyncio.create_task(comp.ready.wait())
-            try:
-                await asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                ready.cancel()
-            if task.done():
-                return
-        log.info("all components started")
-
-    async def _stop_component(self, comp: Component, timeout: float) -> None:
-        task = self._tasks.pop(comp, None)
-        if task is None:
-            return
-        task.cancel()
-        try:
-            await asyncio.wait_for(asyncio.shield(task), timeout)
-        except asyncio.CancelledError:
-            if not task.done():
-                raise
-        except TimeoutError:
-            log.warning("component did not stop in time component=%s", comp.name)
-        except Exception as exc:
-            log.debug("component stopped with error component=%s error=%r", comp.name, str(exc))
-
-    async def _stop_all(self) -> None:
-        """Envoy first (it holds the traffic), then the rest in reverse order, the readiness reporter last."""
-        await self._stop_component(self.envoy, self.envoy.stop_timeout + 5.0)
-        rest = [c for c in reversed(self.components) if c is not self.envoy]
-        rest.sort(key=lambda c: isinstance(c, ReadinessReporter))
-        for comp in rest:
-            await self._stop_component(comp, 5.0)
+    def _stop_order(self, components: Sequence[Component]) -> list[Component]:
+        """Envoy first, then the rest in reverse start order, the readiness reporter last."""
+        rest = [c for c in reversed(components) if c is not self.envoy and c is not self.reporter]
+        return [self.envoy, *rest, self.reporter]
 
     # -- signals
     # -------------------------------------------------------------------------------------------------
@@ -286,7 +223,8 @@ class Agent:
             log.warning("POST /healthcheck/fail answered status=%d, not waiting for the drain", resp.status)
             return
         log.info("Envoy fails health checks; waiting drain_time=%gs (signal again to skip)", self.drain_time)
-        waiters = {asyncio.create_task(self._cut_short.wait()), asyncio.create_task(self._stopped.wait())}
+        stopped = self.manager.stopped  # a component failing meanwhile ends the wait: stop at once
+        waiters = {asyncio.create_task(self._cut_short.wait()), asyncio.create_task(stopped.wait())}
         try:
             await asyncio.wait(waiters, timeout=self.drain_time, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -299,32 +237,17 @@ class Agent:
         loop.add_signal_handler(signal.SIGTERM, self._on_term, "SIGTERM")
         loop.add_signal_handler(signal.SIGINT, self._on_term, "SIGINT")
         loop.add_signal_handler(signal.SIGUSR2, self._on_usr2)
-        starter = asyncio.create_task(self._start_all(), name="agent:start")
-
-        def _start_failed(task: asyncio.Task[None]) -> None:
-            if not task.cancelled() and task.exception() is not None:
-                self._finish(1, f"start-up failed: {task.exception()}")
-
-        starter.add_done_callback(_start_failed)
-        waiters = {asyncio.create_task(self._stopped.wait()), asyncio.create_task(self._term.wait())}
         try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            for w in waiters:
-                w.cancel()
-            if not starter.done():
-                starter.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await starter
-            if self._term.is_set() and not self._stopped.is_set():
-                await self._drain()
+            # The first SIGTERM/SIGINT sets `_term`: the manager stops starting and awaits the drain, then
+            # stops the components in `_stop_order`.
+            code = await self.manager.run(interrupt=self._term, before_stop=self._drain)
         finally:
-            await self._stop_all()
             for task in self._background:
                 task.cancel()
             for sig in handled:
                 loop.remove_signal_handler(sig)
-        log.info("agent stopped exit_code=%d", self._exit_code)
-        return self._exit_code
+        log.info("agent stopped exit_code=%d", code)
+        return code
 
 
 def _build(
@@ -362,6 +285,7 @@ def _build(
                 concurrency=rt.concurrency,
             )
         )
+
         def _envoy_exited(code: int) -> None:
             for hook in ctx.envoy_exit_hooks:
                 hook(code)
@@ -383,7 +307,7 @@ def _build(
     except BaseException:
         sock.close()
         raise
-    return Agent(ctx, components, envoy), reporter
+    return Agent(ctx, components, envoy, reporter), reporter
 
 
 async def run_agent(

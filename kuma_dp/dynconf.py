@@ -1,4 +1,5 @@
-"""The dynamic-configuration poller (kuma-dp's config fetcher, KUMA-DP.md §10).
+"""The dynamic-configuration poller: Kuma's config fetcher,
+`app/kuma-dp/pkg/dataplane/configfetcher/component.go`.
 
 Envoy serves per-path JSON (`/dns`, `/meshmetric`, ...) as direct responses on a unix socket in the work dir,
 `kuma-mesh-metric-config.sock`, with a SHA-256 ETag. Every interval (1 s) we GET each registered path with
@@ -25,23 +26,17 @@ from typing import TYPE_CHECKING, ClassVar
 
 from kuma_dp import _http
 from kuma_dp.component import Component
+from kuma_dp.paths import dynconf_socket_path
 
 if TYPE_CHECKING:
     from kuma_dp.agent import AgentContext
 
-log = logging.getLogger("kuma-dp.dynconf")
+log = logging.getLogger(__name__)
 
-SOCKET_NAME = "kuma-mesh-metric-config"
 DEFAULT_INTERVAL = 1.0
 CLIENT_TIMEOUT = 5.0
 
 Handler = Callable[[bytes, str | None], Awaitable[object] | object]
-
-
-def socket_path(workdir: str | os.PathLike[str]) -> str:
-    """`<workdir>/kuma-mesh-metric-config.sock`, cut to 98 characters before `.sock` (KUMA-DP.md §6)."""
-    full = os.path.join(os.fspath(workdir), SOCKET_NAME)
-    return full[:98] + ".sock"
 
 
 @dataclass
@@ -56,7 +51,7 @@ class PathHandler:
 class ConfigFetcher(Component):
     """Polls Envoy's dynamic-config socket and feeds each path's body to its handler."""
 
-    name: ClassVar[str] = "config-fetcher"
+    name = "config-fetcher"
     resilient: ClassVar[bool] = True
 
     def __init__(
@@ -130,7 +125,7 @@ def from_agent(ctx: AgentContext) -> ConfigFetcher | None:
     if not handlers:
         return None
     interval = ctx.cfg.dataplane_runtime.dynamic_configuration_refresh_interval or DEFAULT_INTERVAL
-    fetcher = ConfigFetcher(socket_path(ctx.work_dir), interval=interval)
+    fetcher = ConfigFetcher(dynconf_socket_path(ctx.work_dir), interval=interval)
     for path, h in handlers.items():
         if isinstance(h, tuple):
             fetcher.register(path, h[0], h[1])

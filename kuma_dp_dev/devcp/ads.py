@@ -24,13 +24,15 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2, json_format
 
+from kuma_dp.bootstrap.features import FEATURE_TRANSPARENT_PROXY_IN_DATAPLANE_METADATA
+from kuma_dp.component import Component
+
 from . import vip as vips_mod
 from . import xds
 from .state import StateError, Store, parse_dataplane
 
-log = logging.getLogger("kuma_dp_dev.devcp.ads")
+log = logging.getLogger(__name__)
 
-TPROXY_FEATURE = "feature-transparent-proxy-in-dataplane-metadata"
 _CHANGED = object()
 _EOF = object()
 
@@ -76,7 +78,7 @@ def proxy_from_node(node: base_pb2.Node, store: Store) -> xds.Proxy:
             tp = json.loads(tp)
         except ValueError:
             tp = None
-    if isinstance(tp, Mapping) and TPROXY_FEATURE in features:
+    if isinstance(tp, Mapping) and FEATURE_TRANSPARENT_PROXY_IN_DATAPLANE_METADATA in features:
         redirect = tp.get("redirect") or {}
         outbound = redirect.get("outbound") or {}
         inbound = redirect.get("inbound") or {}
@@ -462,3 +464,33 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             await self._server.stop(grace)
             self._server = None
         self._unsubscribe()
+
+
+class AdsServerComponent(Component):
+    """An `AdsServer` as a component: `start()` on `host:port`, `ready` with the bound port in `port`, serves
+    until cancelled, then `stop(grace)` (which also ends the server's store subscription)."""
+
+    name = "devcp-ads"
+
+    def __init__(
+        self,
+        server: AdsServer,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        credentials: grpc.ServerCredentials | None = None,
+        grace: float | None = 0.5,
+    ) -> None:
+        super().__init__()
+        self.server = server
+        self.host = host
+        self.port = port
+        self.credentials = credentials
+        self.grace = grace
+
+    async def run(self) -> None:
+        try:
+            self.port = await self.server.start(self.host, self.port, self.credentials)
+            self.ready.set()
+            await asyncio.Future()  # until cancelled
+        finally:
+            await self.server.stop(self.grace)

@@ -12,13 +12,16 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-log = logging.getLogger("kuma_dp_dev.devcp")
+if TYPE_CHECKING:
+    from .server import DevControlPlane
+
+log = logging.getLogger(__name__)
 
 
 def _fail(message: str) -> None:
@@ -40,29 +43,22 @@ def _read_token(path: str) -> str:
     return token
 
 
-async def serve(cp: object, ready_file: str | None) -> None:
-    """Run until SIGINT/SIGTERM, then stop everything in order."""
-    from .server import DevControlPlane
+async def serve(cp: DevControlPlane, ready_file: str | None) -> None:
+    """Run until SIGINT/SIGTERM, then stop everything in order; a failure to serve is raised."""
+    from kuma_dp.component import run_components
 
-    assert isinstance(cp, DevControlPlane)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await cp.start()
+    def announce() -> None:
         if ready_file:
             from kuma_dp.fsutil import atomic_write
 
             info = {"url": cp.url, "port": cp.port, "pid": os.getpid()}
             atomic_write(Path(ready_file), json.dumps(info).encode(), mode=0o644)
         click.echo(f"dev control plane ready: kuma-dp run --cp-address {cp.url} ...", err=True)
-        await stop.wait()
+
+    async def shutting_down() -> None:
         log.info("shutting down the dev control plane")
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-        await cp.stop()
+
+    await run_components([cp], name="dev control plane", on_ready=announce, before_stop=shutting_down)
 
 
 @click.command("dev-cp")
@@ -115,11 +111,13 @@ def dev_cp(
     """Run the development control plane (kuma-cp's /bootstrap and ADS for kuma-dp and Envoy)."""
     from kuma_dp import logs
 
-    from .server import DevControlPlane, TlsConfig
+    from .server import DevControlPlane
     from .state import StateError, Store, load_state
+    from .tls import TLSFiles
 
     logs.setup_logging(log_level, None, 100, 1, 30)
     if log_level != "debug":
+        # grpc's own logger (third-party, not under kuma_dp_dev): keep its chatter out of the dev CP's log.
         logging.getLogger("grpc").setLevel(logging.WARNING)
     try:
         store = load_state(state_file) if state_file else Store()
@@ -136,7 +134,7 @@ def dev_cp(
                        ("--tls-ca-file", tls_ca_file)):  # fmt: skip
         if path and not Path(path).is_file():
             _fail(f"{flag} {path}: no such file; give a PEM file")
-    tls = TlsConfig(tls_cert_file, tls_key_file, tls_ca_file) if tls_cert_file else None
+    tls = TLSFiles(tls_cert_file, tls_key_file, tls_ca_file) if tls_cert_file else None
     cp = DevControlPlane(store, host=address, port=port, token=token, tls=tls)
     try:
         asyncio.run(serve(cp, ready_file or None))

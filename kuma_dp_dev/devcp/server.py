@@ -1,36 +1,37 @@
 """The whole dev CP in one object: /bootstrap and ADS behind one port, as kuma-cp's DP server (port 5678).
 
 kuma-cp serves HTTP/1 `/bootstrap` and gRPC on one (TLS) port, and `kuma-dp run --bootstrap-source=local`
-renders `ads_cluster` on the port of `--cp-address`, so the dev CP must do the same. The HTTP server (C's
-`bootstrap_server`) and the grpc.aio ADS server each bind an internal loopback port; a small front end
+renders `ads_cluster` on the port of `--cp-address`, so the dev CP must do the same. The HTTP server
+(`bootstrap_server`) and the grpc.aio ADS server each bind an internal loopback port; a small front end
 on the public port terminates TLS when configured and routes each connection by its first bytes: the
-HTTP/2 client preface goes to gRPC, anything else to /bootstrap.
+HTTP/2 client preface goes to gRPC, anything else to /bootstrap. Each of the three is a component
+(`kuma_dp.component`), and `DevControlPlane` is one too, running them in order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import ssl
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-from .ads import AdsServer
+from kuma_dp.component import Component, run_components
+
+from .ads import AdsServer, AdsServerComponent
 from .state import Store
+from .tls import TLSFiles, load_server_tls
 
-log = logging.getLogger("kuma_dp_dev.devcp")
+if TYPE_CHECKING:
+    from .bootstrap_server import BootstrapServerComponent
+
+log = logging.getLogger(__name__)
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-
-@dataclass(frozen=True)
-class TlsConfig:
-    cert_file: str
-    key_file: str
-    #: The CA put in bootstraps whose request has no `caCert` (kuma-cp: its DP-server certificate); default:
-    #: the certificate itself, right for a self-signed one.
-    ca_file: str = ""
+#: The public port carries gRPC (h2) and HTTP/1 /bootstrap, as kuma-cp's DP server.
+FRONT_ALPN = ("h2", "http/1.1")
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -44,9 +45,82 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         pass
 
 
-class DevControlPlane:
-    """Start with `await start()`, stop with `await stop()`; `url` is what `kuma-dp run --cp-address`
-    takes."""
+class _FrontEnd(Component):
+    """The public port: TLS when configured; each connection is piped to the internal port `target(first
+    bytes)` names (closed when it names none). `on_bound(port)` hears the bound port before the first
+    connection is served."""
+
+    name = "devcp-front"
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        ssl_ctx: ssl.SSLContext | None,
+        target: Callable[[bytes], int | None],
+        on_bound: Callable[[int], None],
+    ) -> None:
+        super().__init__()
+        self.host = host
+        self.port = port
+        self.ssl_ctx = ssl_ctx
+        self.target = target
+        self.on_bound = on_bound
+        self._conns: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> None:
+        server = await asyncio.start_server(self._route, self.host, self.port, ssl=self.ssl_ctx)
+        try:
+            self.port = int(server.sockets[0].getsockname()[1])
+            self.on_bound(self.port)
+            self.ready.set()
+            await asyncio.Future()  # until cancelled
+        finally:
+            server.close()
+            for task in list(self._conns):
+                task.cancel()
+            for task in list(self._conns):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 2)
+
+    async def _route(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._conns.add(task)
+        upstream_writer: asyncio.StreamWriter | None = None
+        try:
+            buf = b""
+            while len(buf) < len(H2_PREFACE) and H2_PREFACE.startswith(buf):
+                chunk = await reader.read(65536)
+                if not chunk:
+                    break
+                buf += chunk
+            target = self.target(buf) if buf else None
+            if target is None:
+                return
+            up_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", target)
+            upstream_writer.write(buf)
+            await asyncio.gather(_pipe(reader, upstream_writer), _pipe(up_reader, writer))
+        except (ConnectionError, OSError, ssl.SSLError):
+            pass
+        finally:
+            for w in (upstream_writer, writer):
+                if w is not None:
+                    w.close()
+            self._conns.discard(task)
+
+
+class DevControlPlane(Component):
+    """The dev CP as one component: `run()` serves until cancelled and sets `ready` once `url` (what
+    `kuma-dp run --cp-address` takes) answers.
+
+    Inside, three components run in order: ADS on an internal loopback port, the public front end (its port
+    goes into the bootstraps), /bootstrap on another internal port. The front end stops first.
+    """
+
+    name = "dev-cp"
 
     def __init__(
         self,
@@ -55,40 +129,36 @@ class DevControlPlane:
         host: str = "127.0.0.1",
         port: int = 0,
         token: str | None = None,
-        tls: TlsConfig | None = None,
+        tls: TLSFiles | None = None,
     ) -> None:
+        super().__init__()
         self.store = store
         self.host = host
         self.port = port
         self.token = token
         self.tls = tls
         self.ads = AdsServer(store, token=token)
-        self.ads_port = 0
-        self._bootstrap = None
-        self._front: asyncio.Server | None = None
-        self._conns: set[asyncio.Task[None]] = set()
+        self._ads = AdsServerComponent(self.ads, "127.0.0.1", 0)
+        self._bootstrap: BootstrapServerComponent | None = None
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
-    async def start(self) -> DevControlPlane:
+    @property
+    def ads_port(self) -> int:
+        return self._ads.port
+
+    async def run(self) -> None:
         from kuma_dp.bootstrap.render import RenderParams
 
-        from .bootstrap_server import BootstrapService, start_bootstrap_server
+        from .bootstrap_server import BootstrapServerComponent, BootstrapService
 
-        self.ads_port = await self.ads.start("127.0.0.1", 0)
-        ssl_ctx = None
-        if self.tls is not None:
-            ssl_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ssl_ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-            ssl_ctx.load_cert_chain(self.tls.cert_file, self.tls.key_file)
-            ssl_ctx.set_alpn_protocols(["h2", "http/1.1"])
-        self._front = await asyncio.start_server(self._route, self.host, self.port, ssl=ssl_ctx)
-        self.port = int(self._front.sockets[0].getsockname()[1])
-        cert_pem = Path(self.tls.cert_file).read_text() if self.tls else None
-        ca_pem = Path(self.tls.ca_file).read_text() if self.tls and self.tls.ca_file else cert_pem
+        tls = load_server_tls(self.tls, alpn=FRONT_ALPN) if self.tls is not None else None
+        ssl_ctx = tls.context if tls else None
+        cert_pem = tls.cert_pem if tls else None
+        ca_pem = tls.ca_pem if tls else None
         params = RenderParams(
             xds_host=self.host,
             xds_port=self.port,
@@ -107,51 +177,37 @@ class DevControlPlane:
             xds_host_from_request=wildcard,
             server_cert_pem=cert_pem if wildcard else None,
         )
-        self._bootstrap = await asyncio.to_thread(start_bootstrap_server, service, "127.0.0.1", 0)
-        log.info(
-            "dev control plane listening url=%s (bootstrap and ADS) meshes=%s", self.url, self.store.meshes
+        self._bootstrap = BootstrapServerComponent(service, "127.0.0.1", 0)
+
+        def bound(port: int) -> None:
+            # With --port 0 the bootstraps learn the xDS port only now, before any request can arrive.
+            self.port = port
+            service.params = dataclasses.replace(service.params, xds_port=port)
+
+        def serving() -> None:
+            meshes = self.store.meshes
+            log.info("dev control plane listening url=%s (bootstrap and ADS) meshes=%s", self.url, meshes)
+            self.ready.set()
+
+        front = _FrontEnd(self.host, self.port, ssl_ctx, self._target, bound)
+
+        def front_first(components: Sequence[Component]) -> list[Component]:
+            # Stop taking connections before closing what they are routed to.
+            return [front, *(c for c in reversed(components) if c is not front)]
+
+        await run_components(
+            [self._ads, front, self._bootstrap],
+            name="dev control plane",
+            on_ready=serving,
+            signals=(),
+            stop_order=front_first,
         )
-        return self
 
-    async def _route(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._conns.add(task)
-        upstream_writer: asyncio.StreamWriter | None = None
-        try:
-            buf = b""
-            while len(buf) < len(H2_PREFACE) and H2_PREFACE.startswith(buf):
-                chunk = await reader.read(65536)
-                if not chunk:
-                    break
-                buf += chunk
-            if not buf:
-                return
-            target = self.ads_port if buf.startswith(H2_PREFACE) else self._bootstrap.port
-            up_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", target)
-            upstream_writer.write(buf)
-            await asyncio.gather(_pipe(reader, upstream_writer), _pipe(up_reader, writer))
-        except (ConnectionError, OSError, ssl.SSLError):
-            pass
-        finally:
-            for w in (upstream_writer, writer):
-                if w is not None:
-                    w.close()
-            self._conns.discard(task)
-
-    async def stop(self) -> None:
-        if self._front is not None:
-            self._front.close()
-        for task in list(self._conns):
-            task.cancel()
-        for task in list(self._conns):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        await self.ads.stop(0.5)
-        if self._bootstrap is not None:
-            await asyncio.to_thread(self._bootstrap.close)
-            self._bootstrap = None
-        if self._front is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._front.wait_closed(), 2)
-            self._front = None
+    def _target(self, first_bytes: bytes) -> int | None:
+        """The HTTP/2 client preface (gRPC) goes to ADS, anything else to /bootstrap (None while that is
+        still starting)."""
+        if first_bytes.startswith(H2_PREFACE):
+            return self._ads.port
+        if self._bootstrap is None or self._bootstrap.server is None:
+            return None
+        return int(self._bootstrap.server.port)

