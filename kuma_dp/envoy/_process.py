@@ -1,8 +1,10 @@
-"""Spawning and stopping Envoy so that it never outlives the agent (KUMA-DP.md §5.1, §5.3).
+"""Spawning and stopping Envoy so that it never outlives the agent.
 
 Envoy gets its own process group (a terminal's Ctrl-C reaches only the agent, which drains first) and the
 Linux parent-death signal SIGKILL, so even `kill -9` of the agent takes Envoy with it. Stopping is SIGTERM to
-the group, SIGKILL after a grace period. Envoy is never restarted here (#1480): an exit ends the agent.
+the group, SIGKILL after a grace period: Kuma's `app/kuma-dp/pkg/dataplane/command/build_command_linux.go`
+and `base_command.go` (SIGTERM, kill after 5 s). Envoy is never restarted, here as in Kuma (kumahq/kuma#1480):
+an exit ends the agent.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 from kuma_dp.component import Component
 
-log = logging.getLogger("kuma-dp.envoy")
+log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
 

@@ -8,7 +8,6 @@ from kuma_dp.metrics._hijacker import (
     merge_bodies,
     response_format,
     select_content_type,
-    socket_path,
 )
 from kuma_dp.metrics._wiring import StartupObserver, hijacker_component, startup_observer_component
 
@@ -25,6 +24,5 @@ __all__ = [
     "merge_bodies",
     "response_format",
     "select_content_type",
-    "socket_path",
     "startup_observer_component",
 ]

@@ -23,7 +23,7 @@ __all__ = ["PHASES", "READINESS_STATES", "AgentMetrics", "agent_metrics"]
 
 #: Start-up phases, in the order they normally complete.
 PHASES = ("bootstrap", "envoy_live", "first_config", "first_dns_table")
-#: The readiness reporter's states (KUMA-DP.md §7).
+#: The readiness reporter's states, named as in Kuma's `app/kuma-dp/pkg/dataplane/readiness/component.go`.
 READINESS_STATES = ["NOT_READY", "READY", "TERMINATING"]
 _BOOTSTRAP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 

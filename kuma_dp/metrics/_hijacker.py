@@ -40,7 +40,7 @@ from kuma_dp.component import Component
 from kuma_dp.metrics._agent import AgentMetrics
 from kuma_dp.metrics._merge import merge_envoy_clusters
 
-log = logging.getLogger("kuma-dp.metrics-hijacker")
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ContentFormat",
@@ -49,7 +49,6 @@ __all__ = [
     "merge_bodies",
     "response_format",
     "select_content_type",
-    "socket_path",
 ]
 
 #: Headers Prometheus sends that the scraped endpoints may use (Kuma's list minus accept-encoding: a gzip body
@@ -60,12 +59,6 @@ DEFAULT_ENDPOINT_TIMEOUT = 5.0
 AGENT_PREFIX = "kuma_dp_"
 PASSTHROUGH_V4 = "127.0.0.6"
 PASSTHROUGH_V6 = "::6"
-
-
-def socket_path(workdir: str | os.PathLike[str], prefix: str, name: str, mesh: str) -> str:
-    """`<workdir>/<prefix>-<name>-<mesh>.sock`, cut to 98 characters before `.sock` (KUMA-DP.md §6)."""
-    full = os.path.join(os.fspath(workdir), f"{prefix}-{name}-{mesh}")
-    return full[:98] + ".sock"
 
 
 class ContentFormat(enum.Enum):
@@ -205,7 +198,7 @@ class _Part:
 class MetricsHijacker(Component):
     """Serves the merged page on `socket_path`; construct with everything it needs, then `run()`.
 
-    Direct use: ``MetricsHijacker(socket_path(workdir, "kuma-mh", name, mesh), admin_address,
+    Direct use: ``MetricsHijacker(kuma_dp.paths.metrics_hijacker_socket_path(workdir, name, mesh), admin,
     result.metrics_aggregate, transparent_proxy=tp_enabled, registry=prometheus_client.REGISTRY,
     metrics=agent_metrics())``; inside the agent, `hijacker_component` builds exactly that from its context.
     `envoy_admin=None` scrapes only the applications.

@@ -1,7 +1,7 @@
 """Factories that plug observability into `kuma_dp.agent` (its AFTER_ENVOY "module:factory" list).
 
-Each takes the agent's `AgentContext` and returns a component (or None), so the lead wires each part with
-one line; nothing here is needed to use the components directly.
+Each takes the agent's `AgentContext` and returns a component (or None), so the agent wires each part with
+one line of its list; nothing here is needed to use the components directly.
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ from prometheus_client import REGISTRY
 
 from kuma_dp.component import Component
 from kuma_dp.metrics._agent import AgentMetrics, agent_metrics
-from kuma_dp.metrics._hijacker import MetricsHijacker, socket_path
+from kuma_dp.metrics._hijacker import MetricsHijacker
+from kuma_dp.paths import metrics_hijacker_socket_path
 
 if TYPE_CHECKING:
     from kuma_dp.agent import AgentContext
 
-log = logging.getLogger("kuma-dp.metrics")
+log = logging.getLogger(__name__)
 
 __all__ = ["StartupObserver", "hijacker_component", "startup_observer_component"]
 
@@ -54,7 +55,7 @@ def hijacker_component(
         return "READY" if answer.status == 200 else "NOT_READY"
 
     return MetricsHijacker(
-        socket_path(ctx.work_dir, "kuma-mh", ctx.cfg.dataplane.name, ctx.cfg.dataplane.mesh),
+        metrics_hijacker_socket_path(ctx.work_dir, ctx.cfg.dataplane.name, ctx.cfg.dataplane.mesh),
         ctx.admin.address,
         aggregate,
         transparent_proxy=_uses_transparent_proxy(ctx),

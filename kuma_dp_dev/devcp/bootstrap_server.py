@@ -1,4 +1,4 @@
-"""The development control plane's `/bootstrap` endpoint, with kuma-cp's status codes (KUMA-DP.md §3.3).
+"""The development control plane's `/bootstrap` endpoint, with kuma-cp's status codes.
 
 `BootstrapService.handle(method, path, headers, body)` is pure request -> response logic over a small store
 interface, so every status code is testable without a socket; `start_bootstrap_server` puts it behind a
@@ -40,8 +40,9 @@ from kuma_dp.bootstrap.render import (
 )
 from kuma_dp.component import Component
 from kuma_dp_dev.devcp.state import StateError, parse_dataplane
+from kuma_dp_dev.devcp.tls import TLSFiles, load_server_tls
 
-log = logging.getLogger("kuma_dp_dev.devcp.bootstrap")
+log = logging.getLogger(__name__)
 
 BOOTSTRAP_PATH = "/bootstrap"
 PAGE_NOT_FOUND = "404: Page Not Found"
@@ -357,14 +358,6 @@ class BootstrapService:
 # -- the HTTP edge ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class TLSFiles:
-    """Certificate chain and key (PEM files) the server presents; TLS 1.2 minimum, as kuma-cp."""
-
-    cert_file: str
-    key_file: str
-
-
 class _ChunkError(Exception):
     pass
 
@@ -471,13 +464,6 @@ class BootstrapServer:
         self.close()
 
 
-def server_ssl_context(tls: TLSFiles) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(tls.cert_file, tls.key_file)
-    return context
-
-
 def start_bootstrap_server(
     service: BootstrapService, host: str = "127.0.0.1", port: int = 0, tls: TLSFiles | None = None
 ) -> BootstrapServer:
@@ -488,7 +474,7 @@ def start_bootstrap_server(
         server_cls = type("_Server6", (_Server,), {"address_family": socket.AF_INET6})
     server = server_cls((host, port), handler)
     if tls is not None:
-        server.ssl_context = server_ssl_context(tls)
+        server.ssl_context = load_server_tls(tls).context
     # A short poll interval keeps close() (shutdown waits for the loop to notice) quick.
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="devcp-bootstrap-http", daemon=True

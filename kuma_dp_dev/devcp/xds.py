@@ -30,6 +30,9 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from kuma_dp.bootstrap.features import FEATURE_BIND_OUTBOUNDS, FEATURE_EMBEDDED_DNS
+from kuma_dp.paths import dynconf_socket_path
+
 from . import vip as vips_mod
 from .state import Dataplane, Service
 
@@ -45,14 +48,10 @@ TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.T
 HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 ORIGINAL_DST = "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"
 DNS_FILTER = "type.googleapis.com/envoy.extensions.filters.udp.dns_filter.v3.DnsFilterConfig"
-EMBEDDED_DNS_FEATURE = "feature-embedded-dns"
-BIND_OUTBOUNDS_FEATURE = "feature-bind-outbounds"
-UNIFIED_NAMING_FEATURE = "feature-unified-resource-naming"
 
 DYNCONF_LISTENER = "_kuma:dynamicconfig"
 DYNCONF_LISTENER_UNIFIED = "system_dynamicconfig"
 DNS_LISTENER = "kuma:dns"
-DYNCONF_SOCKET = "kuma-mesh-metric-config.sock"
 DNS_TTL = 30
 HTTP_PROTOCOLS = frozenset({"http", "http2", "grpc"})
 _MESSAGES: dict[str, type[Message]] = {
@@ -105,14 +104,6 @@ def to_message(type_url: str, resource: Mapping[str, Any]) -> Message:
 def resource_version(resource: Mapping[str, Any]) -> str:
     """A content hash: equal resources get equal versions, so unchanged types are not re-sent."""
     return hashlib.sha256(json.dumps(resource, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def socket_path(workdir: str, name: str) -> str:
-    """`<workdir>/<name>`, the part before `.sock` cut to 98 characters (104-byte UDS limit, KUMA-DP.md
-    §6)."""
-    stem = name.removesuffix(".sock")
-    full = f"{workdir.rstrip('/')}/{stem}" if workdir else stem
-    return full[:98] + ".sock"
 
 
 # -- /dns payload and the dynamic-config listener -----------------------------------------------------------
@@ -193,7 +184,7 @@ def dynconf_listener(
     }
     listener: dict[str, Any] = {
         "name": name,
-        "address": {"pipe": {"path": socket_path(workdir, DYNCONF_SOCKET)}},
+        "address": {"pipe": {"path": dynconf_socket_path(workdir)}},
         "filterChains": [
             {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typedConfig": hcm}]}
         ],
@@ -206,8 +197,9 @@ def dynconf_listener(
 def dns_filter_listener(
     port: int, domains: Mapping[str, str], reachable_ips: set[str] | None, dual_stack: bool
 ) -> dict[str, Any]:
-    """The ≤2.14 CoreDNS-era UDP listener `kuma:dns` on 127.0.0.1:<dns port> (KUMA-DP.md §11.2), for proxies
-    without `feature-embedded-dns`: Envoy's DNS filter answers the mesh names itself."""
+    """The ≤2.14 CoreDNS-era UDP listener `kuma:dns` on 127.0.0.1:<dns port>, for proxies without
+    `feature-embedded-dns`: Envoy's DNS filter answers the mesh names itself (Kuma's
+    `pkg/xds/generator/dns_generator.go`, `pkg/xds/envoy/listeners/v3/dns_configurer.go`)."""
     virtual_domains = []
     for name, ip in sorted(domains.items()):
         if reachable_ips is not None and ip not in reachable_ips:
@@ -395,8 +387,8 @@ def generate(proxy: Proxy, services: Mapping[str, Service], vips: Mapping[str, s
     if (
         proxy.transparent
         and proxy.dns_port > 0
-        and EMBEDDED_DNS_FEATURE not in proxy.features
-        and BIND_OUTBOUNDS_FEATURE not in proxy.features
+        and FEATURE_EMBEDDED_DNS not in proxy.features
+        and FEATURE_BIND_OUTBOUNDS not in proxy.features
     ):
         snap.add(LISTENER_TYPE, dns_filter_listener(proxy.dns_port, domains, reachable, dual))
     return snap
