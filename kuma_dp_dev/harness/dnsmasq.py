@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from kuma_dp_dev.harness.poll import wait_until
 from kuma_dp_dev.harness.procs import stop
 
 
@@ -87,12 +87,22 @@ def start_dnsmasq(
     log = log_dir / f"dnsmasq-{port}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    deadline = time.monotonic() + timeout
-    while "dnsmasq: started," not in log.read_text(errors="replace"):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop(proc)
-            raise RuntimeError(
-                f"dnsmasq did not start on port {port}: {log.read_text(errors='replace')[-500:]}"
-            )
-        time.sleep(0.02)
+
+    def alive() -> None:
+        if proc.poll() is not None:
+            raise RuntimeError("dnsmasq exited")
+
+    try:
+        wait_until(
+            lambda: "dnsmasq: started," in log.read_text(errors="replace"),
+            timeout,
+            f"dnsmasq on port {port}",
+            interval=0.02,
+            before=alive,
+        )
+    except (TimeoutError, RuntimeError):
+        stop(proc)
+        raise RuntimeError(
+            f"dnsmasq did not start on port {port}: {log.read_text(errors='replace')[-500:]}"
+        ) from None
     return ServerProcess(proc, port, log)

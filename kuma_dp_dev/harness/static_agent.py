@@ -15,6 +15,10 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kuma_dp.config import RunConfig
 
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
@@ -77,18 +81,28 @@ def write_bootstrap(path: Path, **kwargs: object) -> Path:
     return path
 
 
-def run(bootstrap: Path, readiness_port: int, drain_time: float, dns_gate: bool, binary: str) -> int:
-    from kuma_dp.agent import AgentContext, run_agent
+def agent_config(
+    work_dir: Path, binary: str, *, readiness_port: int = 0, drain_time: float = 30.0
+) -> RunConfig:
+    """The config of an agent without a control plane: `/ready` on `readiness_port`, Envoy `binary` with one
+    worker in `work_dir`, and no DNS proxy (it has its own tests and bench, bench/dns.py)."""
     from kuma_dp.config import RunConfig
 
     cfg = RunConfig()
     cfg.dataplane.readiness_port = readiness_port
     cfg.dataplane.drain_time = drain_time
-    cfg.dataplane_runtime.work_dir = str(bootstrap.parent)
+    cfg.dataplane_runtime.work_dir = str(work_dir)
     cfg.dataplane_runtime.binary_path = binary
     cfg.dataplane_runtime.concurrency = 1
+    cfg.dns.enabled = False
+    return cfg
+
+
+def run(bootstrap: Path, readiness_port: int, drain_time: float, dns_gate: bool, binary: str) -> int:
+    from kuma_dp.agent import AgentContext, run_agent
+
+    cfg = agent_config(bootstrap.parent, binary, readiness_port=readiness_port, drain_time=drain_time)
     cfg.log.level = "info"
-    cfg.dns.enabled = False  # the agent alone: the DNS proxy has its own bench (bench/dns.py)
     specs = []
     if dns_gate:
 

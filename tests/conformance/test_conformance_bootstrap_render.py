@@ -1,9 +1,11 @@
-"""The rendered Envoy bootstrap equals kuma-cp v2.14.3's, for every case of bootstrap/CASES.md §B.
+"""The rendered Envoy bootstrap equals kuma-cp v2.14.3's, for every golden of Kuma's
+`pkg/xds/bootstrap/testdata/` (copied to bootstrap/cp/ in the conformance directory).
 
-Inputs are transcribed from CASES.md (B.1 common setup, the B.2 table, the B.3 HTTP cases); outputs are the
-goldens in cp/, compared as parsed YAML. The one environment-dependent input, the CP certificate whose PEM
-becomes `trustedCa`/`rootCerts`, is upstream's test/certs/server-cert.pem: it is read back from a golden (all
-goldens carry the same one) and passed in as the CP's certificate, so nothing in the output is masked.
+Inputs are transcribed from Kuma's `pkg/xds/bootstrap/generator_test.go` (its common setup and case table)
+and `server_test.go` (the HTTP cases); outputs are the goldens in cp/, compared as parsed YAML. The one
+environment-dependent input, the CP certificate whose PEM becomes `trustedCa`/`rootCerts`, is upstream's
+test/certs/server-cert.pem: it is read back from a golden (all goldens carry the same one) and passed in as
+the CP's certificate, so nothing in the output is masked.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ VERSION = {
     "envoy": {"version": "1.15.0", "build": "hash/1.15.0/RELEASE"},
 }
 
-#: B.1 "default Dataplane spec" and the variants the table names.
+#: `defaultDataplane` of Kuma's generator_test.go, and the variants its cases use.
 DEFAULT_NETWORKING: dict[str, Any] = {
     "address": "8.8.8.8",
     "inbound": [{"port": 443, "servicePort": 8443, "tags": {"kuma.io/service": "backend"}}],
@@ -66,7 +68,8 @@ def gateway_dataplane(mesh: str, name: str) -> dict[str, Any]:
     }
 
 
-#: The custom-config dataplaneResource, exactly as in CASES.md (leading newline, trailing comma).
+#: The custom-config dataplaneResource, exactly as in Kuma's generator_test.go (leading newline, trailing
+#: comma).
 CUSTOM_RESOURCE = """
 {
   "type": "Dataplane",
@@ -92,7 +95,9 @@ CUSTOM_RESOURCE = """
   }
 }"""
 
-#: "default server params" (B.1): xdsHost localhost, xdsPort 5678, admin 127.0.0.1, /dev/null, 1s, 4 MiB.
+#: The generator test's server params: `DefaultBootstrapServerConfig()` (Kuma's
+#: `pkg/config/xds/bootstrap/config.go`) with xdsHost localhost, xdsPort 5678: admin 127.0.0.1, /dev/null, 1s,
+#: 4 MiB.
 DEFAULT = {"xds_host": "localhost", "xds_port": 5678}
 #: The custom-config-minimal-request rows' server params.
 CUSTOM_MINIMAL = {
@@ -291,7 +296,8 @@ HTTP_CASES: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
 @pytest.mark.parametrize("host_header", ["localhost:5678", "localhost"])
 @pytest.mark.parametrize("golden_name", sorted(HTTP_CASES))
 def test_http_golden(golden_name: str, host_header: str, conformance_dir: Path, cp_cert_pem: str) -> None:
-    """B.3: the DP server answers a POST without `accept` with the raw YAML, content-type text/x-yaml."""
+    """Kuma's server_test.go: the DP server answers a POST without `accept` with the raw YAML, content-type
+    text/x-yaml."""
     name, stored, extras = HTTP_CASES[golden_name]
     store = Store(["default"])
     store.put_static(parse_dataplane(stored))

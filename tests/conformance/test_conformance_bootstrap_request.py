@@ -1,9 +1,12 @@
-"""The bootstrap request equals Kuma 2.14.3's goldens (bootstrap/CASES.md §A) for the same inputs.
+"""The bootstrap request equals Kuma 2.14.3's goldens for the same inputs (the
+`bootstrap-request-*.golden.json` files of `app/kuma-dp/pkg/dataplane/envoy/testdata/`, copied to
+bootstrap/kuma-dp/ in the conformance directory).
 
-Inputs follow CASES.md §A.2/§A.3: default config plus mesh `demo`, name `sample`, token `token`, a mock Envoy
-whose `--version` prints Kuma's fixed build string (read through our real version probe), socketDir `/tmp`,
-forced kuma-dp build info and explicit features. Masked as CASES.md §A.4 allows: `maxHeapSizeBytes` is passed
-as 0 instead of reading this host's cgroup limit.
+Inputs follow Kuma's `app/kuma-dp/pkg/dataplane/envoy/remote_bootstrap_test.go`: default config plus mesh
+`demo`, name `sample`, token `token`, a mock Envoy whose `--version` prints Kuma's fixed build string (read
+through our real version probe), socketDir `/tmp`, forced kuma-dp build info and explicit features. The one
+host-dependent field is masked: `maxHeapSizeBytes` is passed as 0 (what the goldens hold, a host without an
+integer cgroup memory limit) instead of reading this host's cgroup limit.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ import pytest
 import yaml
 from google.protobuf import json_format
 
+from kuma_dp.bootstrap.features import FEATURE_EMBEDDED_DNS, FEATURE_UNIFIED_RESOURCE_NAMING
+from kuma_dp.paths import dynconf_socket_path
 from kuma_dp_dev.devcp import vip, xds
 from kuma_dp_dev.devcp.state import Service, parse_dataplane
 
@@ -26,7 +28,8 @@ def _golden_listener(conformance_dir: Path, case: int) -> dict:
 
 
 def test_vips_and_names_match_the_golden_context() -> None:
-    # CASES.md §4: backend_test-ns_svc_8080 sorts before httpbin, so it gets the first VIP, 240.0.0.0.
+    # The VIPs of Kuma's dns_generator_test.go: backend_test-ns_svc_8080 sorts before httpbin, so it gets the
+    # first VIP, 240.0.0.0.
     vips = vip.allocate(["httpbin", "backend_test-ns_svc_8080"])
     assert vips == {"backend_test-ns_svc_8080": "240.0.0.0", "httpbin": "240.0.0.1"}
     assert list(vip.domains(vips)) == [
@@ -67,7 +70,7 @@ def test_generated_dynconf_listener_equals_case_4(conformance_dir: Path) -> None
 
 
 def test_socket_path_is_cut_to_98_characters() -> None:
-    path = xds.socket_path("/" + "w" * 120, xds.DYNCONF_SOCKET)
+    path = dynconf_socket_path("/" + "w" * 120)
     assert len(path) == 98 + len(".sock") and path.endswith(".sock")
 
 
@@ -112,7 +115,7 @@ def test_coredns_era_udp_dns_listener(conformance_dir: Path, case: int) -> None:
 
 
 def test_unified_naming_dynconf_listener_equals_case_5(conformance_dir: Path) -> None:
-    features = frozenset({xds.EMBEDDED_DNS_FEATURE, xds.UNIFIED_NAMING_FEATURE})
+    features = frozenset({FEATURE_EMBEDDED_DNS, FEATURE_UNIFIED_RESOURCE_NAMING})
     listeners = _case_snapshot(conformance_dir, 5, features, unified=True)
     golden = yaml.safe_load((conformance_dir / "dns/generator/5-envoy-config.golden.yaml").read_text())
     (entry,) = golden["resources"]

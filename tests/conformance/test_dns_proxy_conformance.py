@@ -1,5 +1,5 @@
-"""Kuma's DNS-proxy unit-test table (conformance/kuma-2.14.3/dns/CASES.md §3.3), replayed against our server
-over real UDP, with a real UDP upstream standing in for Kuma's mocked upstream function.
+"""Kuma's DNS-proxy unit-test table (`app/kuma-dp/pkg/dataplane/dnsproxy/component_test.go`), replayed
+against our server over real UDP, with a real UDP upstream standing in for Kuma's mocked upstream function.
 """
 
 from __future__ import annotations

@@ -29,8 +29,6 @@ class Reply:
     status: int = 200
     body: bytes = b""
     content_type: str = "text/plain"
-    #: Seconds to sleep before answering (to exercise the client timeout).
-    delay: float = 0.0
 
     @classmethod
     def status_only(cls, status: int, body: str | bytes = b"") -> Reply:
@@ -107,8 +105,6 @@ class _Handler(BaseHTTPRequestHandler):
             json=parsed,
         )
         reply = fake._next_reply(rec)
-        if reply.delay:
-            fake._stop.wait(reply.delay)
         self.send_response(reply.status)
         self.send_header("content-type", reply.content_type)
         self.send_header("content-length", str(len(reply.body)))
@@ -139,8 +135,7 @@ class FakeCP:
     ) -> None:
         self.replies = list(replies or [Reply.bootstrap(minimal_bootstrap_yaml(9901))])
         self.requests: list[RecordedRequest] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
+        self._lock = threading.Condition()
         self._tls_ca = tls_ca
         self._hostnames = hostnames
         self._server = _Server((host, port), _Handler, bind_and_activate=True)
@@ -172,8 +167,14 @@ class FakeCP:
     def _next_reply(self, rec: RecordedRequest) -> Reply:
         with self._lock:
             self.requests.append(rec)
+            self._lock.notify_all()
             idx = min(len(self.requests) - 1, len(self.replies) - 1)
             return self.replies[idx]
+
+    def wait_requests(self, count: int = 1, timeout: float = 30) -> bool:
+        """Whether `count` requests arrived within `timeout` seconds (woken by each one, no polling)."""
+        with self._lock:
+            return self._lock.wait_for(lambda: len(self.requests) >= count, timeout)
 
     def start(self) -> FakeCP:
         self._thread = threading.Thread(
@@ -183,7 +184,6 @@ class FakeCP:
         return self
 
     def stop(self) -> None:
-        self._stop.set()
         self._server.shutdown()
         self._server.server_close()
         if self._thread is not None:

@@ -8,7 +8,7 @@ config fetcher rely on.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
+import contextlib
 import json
 from pathlib import Path
 
@@ -19,27 +19,18 @@ from kuma_dp.component import Component
 from kuma_dp.config import RunConfig
 from kuma_dp.envoy import AdminAddress, http_request
 from kuma_dp_dev.harness.ports import free_port
+from kuma_dp_dev.harness.static_agent import agent_config, static_bootstrap
+from tests.helpers.poll import wait_until_async
 
 pytestmark = pytest.mark.integration
 
 
-def _harness():  # type: ignore[no-untyped-def]
-    module = importlib.import_module("kuma_dp_dev.harness.static_agent")
-    return module
-
-
 def make_cfg(work: Path, envoy_binary: str) -> tuple[RunConfig, Path]:
     bootstrap = work / "bootstrap.yaml"
-    bootstrap.write_text(json.dumps(_harness().static_bootstrap(admin_port=free_port())))
-    cfg = RunConfig()
-    cfg.dataplane.readiness_port = free_port()
-    cfg.dataplane.drain_time = 1.0
+    bootstrap.write_text(json.dumps(static_bootstrap(admin_port=free_port())))
+    cfg = agent_config(work, envoy_binary, readiness_port=free_port(), drain_time=1.0)
     cfg.dataplane.resilient_component_base_backoff = 0.05
     cfg.dataplane.resilient_component_max_backoff = 0.2
-    cfg.dataplane_runtime.work_dir = str(work)
-    cfg.dataplane_runtime.binary_path = envoy_binary
-    cfg.dataplane_runtime.concurrency = 1
-    cfg.dns.enabled = False  # the DNS proxy is tested on its own (tests/*/test_dns_*, test_dynconf_*)
     return cfg, bootstrap
 
 
@@ -171,7 +162,7 @@ class DnsStandIn(Component):
     def __init__(self, ctx: AgentContext, rec: Recorder) -> None:
         super().__init__()
         self.has_records = ctx.enable_dns_gate()
-        self.rec, self.port = rec, ctx.cfg.dataplane.readiness_port
+        self.rec, self.port, self.admin = rec, ctx.cfg.dataplane.readiness_port, ctx.admin
 
     async def ready_answer(self) -> str:
         resp = await http_request(AdminAddress("127.0.0.1", self.port), "GET", "/ready", timeout=2)
@@ -183,7 +174,7 @@ class DnsStandIn(Component):
 
 
 class Prober(Component):
-    """Polls /ready until Envoy is LIVE behind it, then opens the gate and checks /ready turns 200."""
+    """Asks /ready before and once Envoy is LIVE behind it, then opens the gate: /ready must turn 200."""
 
     name = "prober"
 
@@ -195,15 +186,22 @@ class Prober(Component):
         self.ready.set()
         answer = await self.dns.ready_answer()
         self.rec.events.append(answer)
-        await asyncio.sleep(0.5)  # Envoy is LIVE by now or soon; the gate still says NOT_READY
-        self.rec.events.append(await self.dns.ready_answer())
+
+        async def envoy_live() -> bool:
+            return (await self.dns.admin.ready()).status == 200
+
+        await wait_until_async(envoy_live, 30, "Envoy's own /ready to answer 200")
+        self.rec.events.append(await self.dns.ready_answer())  # Envoy is LIVE; the gate still says NOT_READY
         self.dns.has_records.set()
-        for _ in range(200):
-            answer = await self.dns.ready_answer()
-            if answer.startswith("200"):
-                break
-            await asyncio.sleep(0.05)
-        self.rec.events.append(answer)
+        answers: list[str] = []
+
+        async def ready_200() -> bool:
+            answers.append(await self.dns.ready_answer())
+            return answers[-1].startswith("200")
+
+        with contextlib.suppress(TimeoutError):  # the last answer is what the test checks
+            await wait_until_async(ready_200, 10, "/ready to answer 200")
+        self.rec.events.append(answers[-1])
 
 
 def test_dns_gate_holds_ready_until_the_dns_component_has_records(short_tmp: Path, envoy_binary: str) -> None:

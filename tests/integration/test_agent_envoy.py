@@ -12,44 +12,22 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 
 from kuma_dp_dev.harness.ports import free_port
-from tests.conftest import REPO
+from tests.helpers.agent_proc import STATIC_AGENT, AgentProcess, Agents, gone
 
 pytestmark = pytest.mark.integration
 
-HARNESS = ("-m", "kuma_dp_dev.harness.static_agent")
-START_TIMEOUT = 30.0
 
+class Agent(AgentProcess):
+    """The static-bootstrap agent, with where its Envoy's admin API and `hello` listener are."""
 
-def gone(proc: psutil.Process, timeout: float) -> bool:
-    """True once the process is dead; a zombie counts (whoever inherited it reaps it, not us)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.02)
-
-
-@dataclass
-class Agent:
-    proc: subprocess.Popen[bytes]
-    log: Path
-    readiness_port: int
     listener_port: int
     admin_port: int | None
     admin_socket: str | None
@@ -61,45 +39,12 @@ class Agent:
             )
         return httpx.Client(base_url=f"http://127.0.0.1:{self.admin_port}")
 
-    def ready(self) -> httpx.Response:
-        return httpx.get(f"http://127.0.0.1:{self.readiness_port}/ready", timeout=2)
-
     def hello(self) -> httpx.Response:
         return httpx.get(f"http://127.0.0.1:{self.listener_port}/", timeout=2)
 
-    def envoy(self) -> psutil.Process:
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            kids = [p for p in psutil.Process(self.proc.pid).children() if p.name() == "envoy"]
-            if kids:
-                return kids[0]
-            assert self.proc.poll() is None, self.output()
-            time.sleep(0.05)
-        raise AssertionError("Envoy never started:\n" + self.output())
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_ready(self) -> httpx.Response:
-        deadline = time.monotonic() + START_TIMEOUT
-        last: object = None
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.output()
-            try:
-                resp = self.ready()
-                if resp.status_code == 200:
-                    return resp
-                last = resp
-            except httpx.TransportError as exc:
-                last = exc
-            time.sleep(0.05)
-        raise AssertionError(f"/ready never 200 (last: {last}):\n{self.output()}")
-
 
 @pytest.fixture
-def start_agent(short_tmp: Path) -> Iterator[object]:
-    started: list[Agent] = []
-
+def start_agent(short_tmp: Path, agents: Agents) -> Iterator[Callable[..., Agent]]:
     def start(
         *,
         uds: bool = False,
@@ -107,7 +52,7 @@ def start_agent(short_tmp: Path) -> Iterator[object]:
         readiness_port: int | None = None,
         extra: tuple[str, ...] = (),
     ) -> Agent:
-        n = len(started)
+        n = len(agents.started)
         work = short_tmp / f"w{n}"
         work.mkdir()
         listener_port = free_port()
@@ -116,35 +61,16 @@ def start_agent(short_tmp: Path) -> Iterator[object]:
         bootstrap = work / "bootstrap.yaml"
         args = ["write-bootstrap", str(bootstrap), "--listener-port", str(listener_port)]
         args += ["--admin-socket", admin_socket] if admin_socket else ["--admin-port", str(admin_port)]
-        subprocess.run([sys.executable, *HARNESS, *args], check=True)
+        subprocess.run([*STATIC_AGENT, *args], check=True)
         port = free_port() if readiness_port is None else readiness_port
-        log = work / "agent.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [
-                    *(sys.executable, *HARNESS, "run", str(bootstrap)),
-                    *("--readiness-port", str(port), "--drain-time", str(drain), *extra),
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=REPO,
-            )
-        agent = Agent(proc, log, port, listener_port, admin_port, admin_socket)
-        started.append(agent)
+        argv = [*STATIC_AGENT, "run", str(bootstrap), "--readiness-port", str(port)]
+        argv += ["--drain-time", str(drain)]
+        agent = Agent([*argv, *extra], work / "agent.log", readiness_port=port)
+        agent.listener_port, agent.admin_port, agent.admin_socket = listener_port, admin_port, admin_socket
+        agents.add(agent).start()
         return agent
 
     yield start
-    for agent in started:
-        if agent.proc.poll() is None:
-            try:
-                kids = psutil.Process(agent.proc.pid).children(recursive=True)
-            except psutil.NoSuchProcess:
-                kids = []
-            agent.proc.kill()
-            agent.proc.wait(10)
-            for kid in kids:
-                if kid.is_running():
-                    kid.kill()
 
 
 def test_happy_path_envoy_live_and_ready_200(start_agent) -> None:
@@ -196,20 +122,17 @@ def test_sigterm_drains_in_order_and_second_signal_ends_the_wait(start_agent) ->
     agent.wait_ready()
     envoy = agent.envoy()
     agent.proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    while agent.ready().text != "TERMINATING":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    agent.wait_for(lambda: agent.ready().text == "TERMINATING", 10, "/ready to say TERMINATING")
     assert agent.ready().status_code == 503
     with agent.admin() as admin:
         # /healthcheck/fail reached Envoy: DRAINING, its own /ready fails, listeners close connections.
-        while admin.get("/server_info").json()["state"] != "DRAINING":
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        agent.wait_for(
+            lambda: admin.get("/server_info").json()["state"] == "DRAINING", 10, "Envoy to be DRAINING"
+        )
         assert admin.get("/ready").status_code == 503
     hello = agent.hello()
     assert hello.text == "hello" and hello.headers.get("connection") == "close"
-    time.sleep(0.5)
+    time.sleep(0.5)  # kept: nothing may happen for a while within the 300 s drain time
     assert agent.proc.poll() is None and envoy.is_running(), "stopped before the drain time"
     agent.proc.send_signal(signal.SIGTERM)
     assert agent.proc.wait(20) == 0
@@ -231,12 +154,10 @@ def test_stuck_envoy_is_killed_and_third_signal_exits_at_once(start_agent) -> No
     envoy = agent.envoy()
     envoy.suspend()  # Envoy ignores everything now: the admin call times out, SIGTERM is not acted on.
     agent.proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    while "stopping Envoy" not in agent.output():
-        assert time.monotonic() < deadline, agent.output()
-        time.sleep(0.05)
+    agent.wait_log("stopping Envoy", 10)
     agent.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.2)
+    # Two signals sent together may reach the agent as one: the third goes once the second was taken.
+    agent.wait_log("received signal=SIGTERM again", 10)
     agent.proc.send_signal(signal.SIGTERM)
     assert agent.proc.wait(3) == 1
     assert gone(envoy, 2)
@@ -258,10 +179,9 @@ def test_sigusr2_drains_inbound_and_later_sigterm_exits_without_waiting(start_ag
     agent.wait_ready()
     assert "connection" not in agent.hello().headers
     agent.proc.send_signal(signal.SIGUSR2)
-    deadline = time.monotonic() + 10
-    while agent.hello().headers.get("connection") != "close":
-        assert time.monotonic() < deadline, agent.output()
-        time.sleep(0.05)
+    agent.wait_for(
+        lambda: agent.hello().headers.get("connection") == "close", 10, "the inbound listener to drain"
+    )
     # Inbound-only drain with skip_exit: Envoy keeps running and serving.
     assert agent.proc.poll() is None and agent.hello().text == "hello"
     with agent.admin() as admin:
@@ -302,14 +222,13 @@ def test_dns_gate_keeps_not_ready_while_envoy_is_live(start_agent) -> None:
     agent = start_agent(extra=("--dns-gate",))
     agent.envoy()
     with agent.admin() as admin:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
+
+        def envoy_live() -> bool:
             try:
-                if admin.get("/ready").status_code == 200:
-                    break
+                return admin.get("/ready").status_code == 200
             except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+                return False
+
+        agent.wait_for(envoy_live, 30, "Envoy's own /ready to answer 200")
     resp = agent.ready()
     assert (resp.status_code, resp.text) == (503, "NOT_READY")

@@ -18,9 +18,10 @@ from kuma_dp_dev.harness.localmesh import (
     ThreadedControlPlane,
     ads_bootstrap,
     dynconf_get,
-    wait_until,
 )
+from kuma_dp_dev.harness.poll import wait_until
 from kuma_dp_dev.harness.ports import free_port
+from tests.helpers.poll import wait_until_async
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -98,11 +99,9 @@ def test_mesh_names_resolve_through_the_agent_dns(short_tmp: Path, envoy_binary:
                         }
                     )
                 )
-                for _ in range(150):
-                    found = await asyncio.to_thread(_a, port, "db.x.svc.mesh")  # the dotted alias
-                    if found:
-                        break
-                    await asyncio.sleep(0.1)
+                found = await wait_until_async(
+                    lambda: asyncio.to_thread(_a, port, "db.x.svc.mesh"), 15, "the dotted alias db.x.svc.mesh"
+                )
                 assert found == ["240.0.0.2"]
                 assert await asyncio.to_thread(_a, port, "db_x_svc.mesh") == ["240.0.0.2"]
             finally:

@@ -23,9 +23,10 @@ from kuma_dp_dev.harness.localmesh import (
     ThreadedControlPlane,
     ads_bootstrap,
     dynconf_get,
-    wait_until,
 )
+from kuma_dp_dev.harness.poll import wait_until
 from kuma_dp_dev.harness.ports import free_port
+from tests.helpers.resources import dataplane as dataplane_resource
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -66,24 +67,9 @@ class Mesh:
         outbounds: dict[str, int] | None = None,
         **bootstrap: Any,
     ) -> EnvoyProcess:
-        resource = {
-            "type": "Dataplane",
-            "mesh": "default",
-            "name": name,
-            "networking": {
-                "address": "127.0.0.1",
-                "inbound": [
-                    {
-                        "port": free_port(),
-                        "servicePort": app_port,
-                        "tags": {"kuma.io/service": service, "kuma.io/protocol": "http"},
-                    }
-                ],
-                "outbound": [
-                    {"port": p, "tags": {"kuma.io/service": s}} for s, p in (outbounds or {}).items()
-                ],
-            },
-        }
+        resource = dataplane_resource(
+            name, service, free_port(), service_port=app_port, protocol="http", outbounds=outbounds or {}
+        )
         workdir = self.tmp / name
         workdir.mkdir()
         config = ads_bootstrap(
@@ -173,7 +159,7 @@ def test_two_dataplanes_then_a_third_joins_and_leaves(
         assert _fails(f"http://127.0.0.1:{extra_out}/")  # unknown service: a TCP outbound with no endpoint
         extra = mesh.dataplane("extra-1", "extra", mesh.app("extra", "extra-1"), delta=True)
         wait_until(lambda: mesh.store.get_dataplane("default", "extra-1"), 30, what="registration of extra-1")
-        # Issue 3: once the new dataplane registered, the others route to it within 2 s (the push to web and
+        # Required: once the new dataplane registered, the others route to it within 2 s (the push to web and
         # extra's own inbound config; measured around 50 ms).
         wait_until(lambda: _ok_from(f"http://127.0.0.1:{extra_out}/", "extra-1"), 2, what="web -> extra")
         joined = wait_until(

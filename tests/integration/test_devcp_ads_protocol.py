@@ -17,6 +17,7 @@ from google.protobuf import struct_pb2
 from kuma_dp_dev.devcp import xds
 from kuma_dp_dev.devcp.ads import AdsServer, proxy_from_node
 from kuma_dp_dev.devcp.state import Store, parse_dataplane
+from tests.helpers.poll import wait_until_async
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -96,6 +97,14 @@ async def _with_server(store: Store, body: Any, token: str | None = None) -> Non
         await server.stop(0)
 
 
+async def _delta_web(channel: grpc.aio.Channel) -> tuple[Client, Any]:
+    """web-1 (an outbound to backend) subscribing to listeners over Delta xDS, and the first response."""
+    web = Client(channel, delta=True)
+    node = _node(_resource("web-1", "web", 20000, outbound="backend"))
+    await web.send(discovery_pb2.DeltaDiscoveryRequest(node=node, type_url=xds.LISTENER_TYPE))
+    return web, await web.recv()
+
+
 def test_sotw_ack_nack_stale_and_push(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, "kuma_dp_dev.devcp.ads")
     store = Store()
@@ -139,10 +148,9 @@ def test_sotw_ack_nack_stale_and_push(caplog: pytest.LogCaptureFixture) -> None:
         assert any("xds NACK node=default.web-1" in r.getMessage() and "endpoint rejected for the test"
                    in r.getMessage() for r in caplog.records)  # fmt: skip
         await web.close()
-        for _ in range(50):
-            if store.get_dataplane("default", "web-1") is None:
-                break
-            await asyncio.sleep(0.05)
+        await wait_until_async(
+            lambda: store.get_dataplane("default", "web-1") is None, 10, "web-1 to be deregistered"
+        )
         assert store.get_dataplane("default", "web-1") is None
 
     asyncio.run(_with_server(store, body))
@@ -158,10 +166,7 @@ def test_delta_subscriptions_and_removals() -> None:
     store = Store()
 
     async def body(server: AdsServer, channel: grpc.aio.Channel) -> None:
-        web = Client(channel, delta=True)
-        node = _node(_resource("web-1", "web", 20000, outbound="backend"))
-        await web.send(discovery_pb2.DeltaDiscoveryRequest(node=node, type_url=xds.LISTENER_TYPE))
-        lds = await web.recv()
+        web, lds = await _delta_web(channel)
         assert sorted(r.name for r in lds.resources) == [
             "_kuma:dynamicconfig", "inbound:127.0.0.1:20000", "outbound:127.0.0.1:20001"]  # fmt: skip
         await web.send(
@@ -247,10 +252,7 @@ def test_delta_nack_then_change_resends_what_was_refused() -> None:
     store = Store()
 
     async def body(server: AdsServer, channel: grpc.aio.Channel) -> None:
-        web = Client(channel, delta=True)
-        node = _node(_resource("web-1", "web", 20000, outbound="backend"))
-        await web.send(discovery_pb2.DeltaDiscoveryRequest(node=node, type_url=xds.LISTENER_TYPE))
-        lds = await web.recv()
+        web, lds = await _delta_web(channel)
         assert len(lds.resources) == 3
         nack = discovery_pb2.DeltaDiscoveryRequest(type_url=xds.LISTENER_TYPE, response_nonce=lds.nonce)
         nack.error_detail.message = "refused for the test"

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from kuma_dp_dev.harness.localmesh import ads_bootstrap, wait_until
+from kuma_dp_dev.harness.localmesh import ads_bootstrap
+from kuma_dp_dev.harness.poll import wait_until
 from kuma_dp_dev.harness.procs import stop
 
 pytestmark = [pytest.mark.integration, pytest.mark.netns, pytest.mark.timeout(120)]

@@ -13,7 +13,6 @@ import base64
 import json
 import queue
 import subprocess
-import time
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -30,6 +29,7 @@ from kuma_dp.bootstrap.render import RenderParams, dump_yaml, render_bootstrap
 from kuma_dp.fsutil import atomic_write
 from kuma_dp_dev.devcp.bootstrap_server import BootstrapService, start_bootstrap_server
 from kuma_dp_dev.devcp.state import Store
+from kuma_dp_dev.harness.poll import wait_until
 from kuma_dp_dev.harness.ports import free_port
 from kuma_dp_dev.harness.procs import stop
 
@@ -234,17 +234,15 @@ def test_envoy_goes_live_on_a_devcp_bootstrap(
             admin = httpx.Client()
             base = f"http://127.0.0.1:{admin_port}"
         with admin:
-            state = ""
-            for _ in range(300):  # up to ~30 s on a loaded machine; returns as soon as Envoy is LIVE
-                try:
-                    ready = admin.get(f"{base}/ready", timeout=2)
-                    state = ready.text.strip()
-                    if ready.status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
+
+            def alive() -> None:
                 assert proc.poll() is None, (short_tmp / "envoy.log").read_text()
-                time.sleep(0.1)
+
+            def state_once_ready() -> str | None:
+                ready = admin.get(f"{base}/ready", timeout=2)
+                return ready.text.strip() if ready.status_code == 200 else None
+
+            state = wait_until(state_once_ready, 30, "Envoy's /ready to answer 200", before=alive)
             assert state == "LIVE", (short_tmp / "envoy.log").read_text()
     finally:
         stop(proc)

@@ -24,19 +24,15 @@ from kuma_dp_dev.devcp.bootstrap_server import (
     TOKEN_REQUIRED,
     BootstrapServer,
     BootstrapService,
-    TLSFiles,
     start_bootstrap_server,
 )
 from kuma_dp_dev.devcp.state import Store
+from kuma_dp_dev.devcp.tls import TLSFiles
+from tests.helpers.resources import dataplane
 
 pytestmark = pytest.mark.integration
 
-RESOURCE = {
-    "type": "Dataplane",
-    "mesh": "default",
-    "name": "web-1",
-    "networking": {"address": "127.0.0.1", "inbound": [{"port": 8080, "tags": {"kuma.io/service": "web"}}]},
-}
+RESOURCE = dataplane("web-1", "web", 8080)
 REQUEST = {
     "mesh": "default",
     "name": "web-1",

@@ -6,10 +6,7 @@ dynconf socket, opens the readiness DNS gate, answers a DNS client and persists 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
-import socket
-import time
 from pathlib import Path
 
 import dns.asyncquery
@@ -18,9 +15,11 @@ import pytest
 
 from kuma_dp.agent import AgentContext, run_agent
 from kuma_dp.component import Component
-from kuma_dp.config import RunConfig
 from kuma_dp.envoy import AdminAddress, http_request
+from kuma_dp_dev.harness.dnsmasq import free_udp_tcp_port
 from kuma_dp_dev.harness.ports import free_port
+from kuma_dp_dev.harness.static_agent import agent_config, static_bootstrap
+from tests.helpers.poll import wait_until_async
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -34,22 +33,10 @@ BODY = json.dumps(
 ).encode()
 
 
-def free_udp_tcp_port() -> int:
-    while True:
-        port = free_port(socket.SOCK_DGRAM)
-        try:
-            with socket.socket() as t:
-                t.bind(("127.0.0.1", port))
-            return port
-        except OSError:
-            continue
-
-
 def bootstrap(work: Path) -> Path:
     from kuma_dp_dev.devcp.xds import dynconf_listener
 
-    harness = importlib.import_module("kuma_dp_dev.harness.static_agent")
-    boot = harness.static_bootstrap(admin_port=free_port())
+    boot = static_bootstrap(admin_port=free_port())
     resources = boot.get("static_resources") or boot["staticResources"]
     resources["listeners"].append(dynconf_listener(str(work), {"/dns": BODY}))
     path = work / "bootstrap.yaml"
@@ -69,20 +56,15 @@ class Client(Component):
     async def run(self) -> None:
         self.ready.set()
         cfg = self.ctx.cfg
-        deadline = time.monotonic() + 30
+        readiness = AdminAddress("127.0.0.1", cfg.dataplane.readiness_port)
         statuses = []
-        while True:
-            try:
-                resp = await http_request(
-                    AdminAddress("127.0.0.1", cfg.dataplane.readiness_port), "GET", "/ready"
-                )
-                statuses.append(f"{resp.status} {resp.text.strip()}")
-                if resp.status == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, statuses[-3:]
-            await asyncio.sleep(0.05)
+
+        async def ready_200() -> bool:
+            resp = await http_request(readiness, "GET", "/ready")
+            statuses.append(f"{resp.status} {resp.text.strip()}")
+            return resp.status == 200
+
+        await wait_until_async(ready_200, 30, "/ready to answer 200")
         self.out["ready"] = statuses[-1]
         self.out["gate"] = self.ctx.readiness.dns_ready.is_set()
         q = dns.message.make_query("backend.mesh", "A")
@@ -92,12 +74,7 @@ class Client(Component):
 
 
 def test_agent_runs_dns_from_envoy_dynconf(short_tmp: Path, envoy_binary: str) -> None:
-    cfg = RunConfig()
-    cfg.dataplane.readiness_port = free_port()
-    cfg.dataplane.drain_time = 0.5
-    cfg.dataplane_runtime.work_dir = str(short_tmp)
-    cfg.dataplane_runtime.binary_path = envoy_binary
-    cfg.dataplane_runtime.concurrency = 1
+    cfg = agent_config(short_tmp, envoy_binary, readiness_port=free_port(), drain_time=0.5)
     cfg.dns.enabled = True
     cfg.dns.proxy_port = free_udp_tcp_port()
     boot = bootstrap(short_tmp)

@@ -21,6 +21,8 @@ from kuma_dp.config import RunConfig, load_config
 from kuma_dp.metrics import agent_metrics
 from kuma_dp.paths import proxy_socket_path as socket_path
 from kuma_dp_dev.harness.ports import free_port
+from kuma_dp_dev.harness.static_agent import agent_config
+from tests.helpers.poll import wait_until_async
 
 pytestmark = pytest.mark.integration
 
@@ -30,14 +32,7 @@ def make_cfg(work: Path, envoy_binary: str) -> tuple[RunConfig, Path]:
     bootstrap = work / "bootstrap.yaml"
     admin = {"address": {"socketAddress": {"address": "127.0.0.1", "portValue": free_port()}}}
     bootstrap.write_text(json.dumps({"admin": admin, "node": {"id": "default.dp-1", "cluster": "backend"}}))
-    cfg = RunConfig()
-    cfg.dataplane.readiness_port = free_port()
-    cfg.dataplane.drain_time = 1.0
-    cfg.dataplane_runtime.work_dir = str(work)
-    cfg.dataplane_runtime.binary_path = envoy_binary
-    cfg.dataplane_runtime.concurrency = 1
-    cfg.dns.enabled = False  # the DNS proxy is tested on its own (tests/*/test_dns_*, test_dynconf_*)
-    return cfg, bootstrap
+    return agent_config(work, envoy_binary, readiness_port=free_port(), drain_time=1.0), bootstrap
 
 
 class Driver(Component):
@@ -62,14 +57,12 @@ class Driver(Component):
         self.seen["ready_answer"] = (await evaluate(self.ctx.readiness, self.ctx.admin)).status
         self.seen["before_term"] = messages
         sock = socket_path(self.ctx.work_dir, "kuma-mh", "dp-1", "default")
-        async with asyncio.timeout(30):
-            while True:
-                resp = await get(target="/metrics", unix_path=sock)
-                page = resp.body.decode()
-                if 'phase="first_config"' in page or 'phase="envoy_live"' in page:
-                    break
-                await asyncio.sleep(0.1)
-        self.seen["page"] = page
+
+        async def page_with_a_phase() -> str | None:
+            page = (await get(target="/metrics", unix_path=sock)).body.decode()
+            return page if 'phase="first_config"' in page or 'phase="envoy_live"' in page else None
+
+        self.seen["page"] = await wait_until_async(page_with_a_phase, 30, "a start-up phase on the page")
         os.kill(os.getpid(), signal.SIGTERM)
         await asyncio.Future()
 

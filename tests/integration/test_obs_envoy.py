@@ -23,9 +23,11 @@ from kuma_dp import logs
 from kuma_dp._http import get
 from kuma_dp.accesslog import AccessLogStreamer
 from kuma_dp.envoy._admin import AdminAddress, AdminClient
-from kuma_dp.metrics import AgentMetrics, MetricsHijacker, ScrapeTarget, StartupObserver, socket_path
+from kuma_dp.metrics import AgentMetrics, MetricsHijacker, ScrapeTarget, StartupObserver
+from kuma_dp.paths import proxy_socket_path as socket_path
 from kuma_dp_dev.harness.ports import free_port
 from kuma_dp_dev.harness.procs import stop
+from tests.helpers.poll import wait_until_async
 
 pytestmark = pytest.mark.integration
 
@@ -246,14 +248,13 @@ async def running(*components: object) -> AsyncIterator[None]:
 
 
 async def wait_envoy_live(admin_sock: str, proc: subprocess.Popen[bytes]) -> None:
-    async with asyncio.timeout(60):
-        while True:
-            assert proc.poll() is None, "Envoy exited; see its stderr above"
-            with contextlib.suppress(Exception):
-                resp = await get(target="/ready", unix_path=admin_sock)
-                if resp.status == 200:
-                    return
-            await asyncio.sleep(0.1)
+    def alive() -> None:
+        assert proc.poll() is None, "Envoy exited; see its stderr above"
+
+    async def live() -> bool:
+        return (await get(target="/ready", unix_path=admin_sock)).status == 200
+
+    await wait_until_async(live, 60, "Envoy's admin /ready to answer 200", before=alive)
 
 
 async def http_get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict, bytes]:
@@ -282,7 +283,7 @@ def test_envoy_metrics_merged_and_access_logs_streamed(envoy_binary: str, short_
 
 
 async def _scenario(envoy: str, tmp: Path) -> None:
-    log = logging.getLogger("kuma-dp.test")
+    log = logging.getLogger("kuma_dp.test")
     log.info("agent config", extra={"config": {"name": "dp-1", "dataplaneToken": TOKEN}})
     fifo = socket_path(tmp, "kuma-al", "dp-1", "default")
     mh_sock = socket_path(tmp, "kuma-mh", "dp-1", "default")
@@ -335,7 +336,7 @@ async def _scenario(envoy: str, tmp: Path) -> None:
                 observer = StartupObserver(AdminClient(AdminAddress(socket_path=admin_sock)), metrics)
                 observer_task = asyncio.create_task(observer.run())
                 await wait_envoy_live(admin_sock, proc)
-                await asyncio.wait_for(asyncio.shield(_phase(metrics, "envoy_live")), 30)
+                await wait_until_async(lambda: "envoy_live" in metrics.phases(), 30, "the envoy_live phase")
                 observer_task.cancel()
                 await asyncio.gather(observer_task, return_exceptions=True)
                 for i in range(3):
@@ -414,7 +415,3 @@ async def _scenario(envoy: str, tmp: Path) -> None:
             c.server.close()
     assert not Path(mh_sock).exists()
 
-
-async def _phase(metrics: AgentMetrics, phase: str) -> None:
-    while phase not in metrics.phases():
-        await asyncio.sleep(0.05)

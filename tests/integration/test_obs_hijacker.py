@@ -14,7 +14,8 @@ from prometheus_client import CollectorRegistry, Counter, ProcessCollector
 from prometheus_client.openmetrics.exposition import generate_latest as om_latest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
 
-from kuma_dp.metrics import AgentMetrics, MetricsHijacker, ScrapeTarget, socket_path
+from kuma_dp.metrics import AgentMetrics, MetricsHijacker, ScrapeTarget
+from kuma_dp.paths import proxy_socket_path as socket_path
 
 pytestmark = pytest.mark.integration
 OM_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"

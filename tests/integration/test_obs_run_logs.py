@@ -7,11 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,19 +14,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kuma_dp._http import get
 from kuma_dp_dev.harness.ports import free_port
+from tests.helpers.agent_proc import kuma_dp_run
 from tests.helpers.fake_cp import FakeCP, Reply, make_token, minimal_bootstrap_yaml
 from tests.integration.test_obs_envoy import hanging_app, healthy_app
 
 pytestmark = pytest.mark.integration
-
-
-def _wait_for(predicate, deadline: float) -> bool:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_run_metrics_and_json_logs_without_the_token(envoy_binary: str, short_tmp: Path) -> None:
@@ -70,40 +57,28 @@ def _scenario(envoy_binary: str, short_tmp: Path, app_port: int, hanging_port: i
             },
         ),
     ]
-    env = {
-        **os.environ,
-        "KUMA_READINESS_PORT": str(free_port()),
-        "KUMA_CONTROL_PLANE_RETRY_BACKOFF": "100ms",
-        "KUMA_DNS_ENABLED": "false",
-    }
+    env = {"KUMA_CONTROL_PLANE_RETRY_BACKOFF": "100ms", "KUMA_DNS_ENABLED": "false"}
     with FakeCP(replies) as cp:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "kuma_dp", "run",
-             "--cp-address", cp.url, "--name", "dp-1", "--mesh", "default",
-             "--dataplane-token", token, "--binary-path", envoy_binary, "--work-dir", str(short_tmp / "wd"),
-             "--drain-time", "1s", "--concurrency", "1",
-             "--log-level", "debug", "--log-format", "json", "--log-output-path", str(log_file)],
-            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )  # fmt: skip
-        try:
-            started = _wait_for(
-                lambda: (
-                    proc.poll() is not None
-                    or (log_file.exists() and "all components started" in log_file.read_text())
-                ),
+        args = ["--cp-address", cp.url, "--name", "dp-1", "--mesh", "default", "--dataplane-token", token,
+                "--binary-path", envoy_binary, "--work-dir", str(short_tmp / "wd"),
+                "--drain-time", "1s", "--concurrency", "1",
+                "--log-level", "debug", "--log-format", "json",
+                "--log-output-path", str(log_file)]  # fmt: skip
+        with kuma_dp_run(args, short_tmp / "kuma-dp.out", env=env) as agent:
+            agent.wait_for(
+                lambda: log_file.exists() and "all components started" in log_file.read_text(),
                 60,
-            )
-            exited = proc.poll() is not None
-            assert started and not exited, (
-                f"agent did not start: {proc.stderr.read1(65536) if exited else b''!r}"
+                "the agent to start",
             )
             assert len(cp.requests) >= 2  # the failed attempt was retried
             # "all components started" can precede Envoy's admin answering; scrape until Envoy's page shows.
-            deadline = time.monotonic() + 20
-            families = _scrape(str(short_tmp / "wd" / "kuma-mh-dp-1-default.sock"))
-            while "envoy_server_live" not in families and time.monotonic() < deadline:
-                time.sleep(0.2)
-                families = _scrape(str(short_tmp / "wd" / "kuma-mh-dp-1-default.sock"))
+            sock = str(short_tmp / "wd" / "kuma-mh-dp-1-default.sock")
+
+            def with_envoy() -> dict[str, object] | None:
+                page = _scrape(sock)
+                return page if "envoy_server_live" in page else None
+
+            families = agent.wait_for(with_envoy, 20, "Envoy's series on the merged page")
             assert "envoy_server_live" in families  # Envoy's page
             assert families["app_orders"].samples[0].value == 7  # type: ignore[attr-defined]
             failures = families["kuma_dp_metrics_scrape_failures"].samples  # type: ignore[attr-defined]
@@ -123,21 +98,14 @@ def _scenario(envoy_binary: str, short_tmp: Path, app_port: int, hanging_port: i
             assert "bootstrap" in {s.labels["phase"] for s in phases}
             assert families["kuma_dp_control_plane_reachable"].samples[0].value == 1  # type: ignore[attr-defined]
             assert counted <= {("stuck", "timeout"), ("envoy", "error")}
-            proc.send_signal(signal.SIGTERM)
-            time.sleep(0.3)
-            proc.send_signal(signal.SIGTERM)  # end the drain wait
-            proc.wait(30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        out, err = proc.communicate()
+            agent.stop_draining()
+        out = agent.output()  # stdout and stderr
     text = log_file.read_text()
     records = [json.loads(line) for line in text.splitlines() if line.strip()]
     assert len(records) > 5
     assert all({"ts", "level", "logger", "msg"} <= r.keys() for r in records)
     assert any(r["level"] == "debug" for r in records)
-    whole = text + out.decode() + err.decode()
+    whole = text + out
     assert token not in whole
     for part in token.split("."):
         assert part not in whole

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from kuma_dp.accesslog import AccessLogStreamer
 from kuma_dp.metrics import AgentMetrics
 from kuma_dp.sdnotify import SdNotifier, SystemdNotifier, watchdog_interval
 from kuma_dp_dev.harness.ports import free_port
+from tests.helpers.poll import wait_until_async
 
 pytestmark = pytest.mark.integration
 
@@ -24,12 +26,6 @@ def _recv_all(sock: socket.socket) -> list[str]:
             out.append(sock.recv(4096).decode())
         except BlockingIOError:
             return out
-
-
-async def _until(predicate, deadline: float = 20) -> None:  # type: ignore[no-untyped-def]
-    async with asyncio.timeout(deadline):
-        while not predicate():
-            await asyncio.sleep(0.02)
 
 
 @pytest.mark.parametrize("abstract", [False, True])
@@ -48,6 +44,13 @@ def test_sd_notify_ready_watchdog_stopping(short_tmp: Path, abstract: bool) -> N
         state = {"ready": False, "stopping": False}
         received: list[str] = []
 
+        async def until_sent(what: str, match: Callable[[str], bool]) -> None:
+            def sent() -> bool:
+                received.extend(_recv_all(sd))
+                return any(match(m) for m in received)
+
+            await wait_until_async(sent, 20, what, interval=0.02)
+
         async def scenario() -> None:
             async def is_ready() -> bool:
                 return state["ready"]
@@ -57,12 +60,12 @@ def test_sd_notify_ready_watchdog_stopping(short_tmp: Path, abstract: bool) -> N
             )
             task = asyncio.create_task(comp.run())
             # The watchdog pings before readiness; READY=1 must wait for the check.
-            await _until(lambda: received.extend(_recv_all(sd)) or any(m == "WATCHDOG=1" for m in received))
+            await until_sent("WATCHDOG=1", lambda m: m == "WATCHDOG=1")
             assert not any("READY=1" in m for m in received)
             state["ready"] = True
-            await _until(lambda: received.extend(_recv_all(sd)) or any("READY=1" in m for m in received))
+            await until_sent("READY=1", lambda m: "READY=1" in m)
             state["stopping"] = True
-            await _until(lambda: received.extend(_recv_all(sd)) or any("STOPPING=1" in m for m in received))
+            await until_sent("STOPPING=1", lambda m: "STOPPING=1" in m)
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             received.extend(_recv_all(sd))
@@ -106,7 +109,7 @@ def test_access_log_buffer_drops_then_reconnects(short_tmp: Path) -> None:
         await asyncio.wait_for(streamer.ready.wait(), 10)
         assert os.path.exists(fifo) and oct(os.stat(fifo).st_mode & 0o777) == "0o666"
         await asyncio.wait_for(asyncio.to_thread(write_like_envoy), 30)
-        await _until(lambda: streamer.malformed == 1)
+        await wait_until_async(lambda: streamer.malformed == 1, 20, "the malformed line", interval=0.02)
         sender = streamer.senders[address]
         assert sender.dropped == total - capacity and len(sender.buffer) == capacity
 
@@ -117,7 +120,9 @@ def test_access_log_buffer_drops_then_reconnects(short_tmp: Path) -> None:
         await asyncio.wait_for(streamer.ready.wait(), 10)
         with open(fifo, "wb") as f:  # a pipe with a live reader: never blocks
             f.write(f"{address};after restart\n".encode())
-        await _until(lambda: sender.dropped == total - capacity + 1)
+        await wait_until_async(
+            lambda: sender.dropped == total - capacity + 1, 20, "one more line dropped", interval=0.02
+        )
 
         lines: list[bytes] = []
 
@@ -128,7 +133,7 @@ def test_access_log_buffer_drops_then_reconnects(short_tmp: Path) -> None:
 
         server = await asyncio.start_server(collect, "127.0.0.1", port)
         try:
-            await _until(lambda: len(lines) >= capacity, deadline=30)
+            await wait_until_async(lambda: len(lines) >= capacity, 30, "the buffered lines", interval=0.02)
         finally:
             server.close()
             task.cancel()

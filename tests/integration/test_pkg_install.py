@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.agent_proc import AgentProcess, Agents, envoy_server_info, start_dev_cp
+
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path("/tmp/kuma-dp-pkg-cache")
 #: What goes into the packages; a change to any of these means a new build.
@@ -251,12 +253,11 @@ def notifications_from(sock: socket.socket, pid: int, want: bytes, timeout: floa
     return got
 
 
-def test_pkg_deb_unit_command_runs_agent_and_envoy_as_kuma_dp(installed_deb: Path) -> None:
+def test_pkg_deb_unit_command_runs_agent_and_envoy_as_kuma_dp(installed_deb: Path, agents: Agents) -> None:
     """The installed unit's ExecStart, with its environment and a per-dataplane env file, run as systemd would
     run it (as kuma-dp, token in a credentials directory only kuma-dp can read; no sandbox: there is no
     systemd here). The packaged agent renders a local bootstrap, starts the packaged Envoy as kuma-dp, and
     stops cleanly on SIGTERM to the main process (KillMode=mixed)."""
-    import httpx
     import psutil
 
     from kuma_dp_dev.harness.ports import free_port
@@ -281,15 +282,9 @@ def test_pkg_deb_unit_command_runs_agent_and_envoy_as_kuma_dp(installed_deb: Pat
                        "inbound": [{"port": free_port(), "tags": {"kuma.io/service": "web"}}]},
     })
     # A real (development) control plane: Envoy is ready, and the agent says READY=1, only once ADS answered.
-    cp_info = base / "cp.json"
-    cp_cmd = [sys.executable, "-m", "kuma_dp", "dev-cp", "--port", "0", "--ready-file", str(cp_info)]
-    cp = subprocess.Popen(cp_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while not cp_info.exists() and cp.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert cp_info.exists(), "kuma-dp dev-cp did not start"
+    _, cp_info = start_dev_cp(agents, base / "cp.log")
     env_file = {
-        "KUMA_CONTROL_PLANE_URL": json.loads(cp_info.read_text())["url"],
+        "KUMA_CONTROL_PLANE_URL": cp_info["url"],
         "KUMA_DNS_PROXY_PORT": str(free_port()),
         "KUMA_DATAPLANE_RUNTIME_RESOURCE": template,
         "KUMA_READINESS_PORT": str(free_port()),
@@ -306,38 +301,27 @@ def test_pkg_deb_unit_command_runs_agent_and_envoy_as_kuma_dp(installed_deb: Pat
         sock.bind(str(base / "notify"))
         os.chown(base / "notify", user.pw_uid, user.pw_gid)
         env["NOTIFY_SOCKET"] = str(base / "notify")
-    log = base / "agent.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(argv, env=env, user=user.pw_uid, group=user.pw_gid, extra_groups=[],
-                                stdout=out, stderr=subprocess.STDOUT, cwd="/")
+    agent = AgentProcess(argv, base / "agent.log", env=env, inherit_env=False, cwd="/",
+                         user=user.pw_uid, group=user.pw_gid, extra_groups=[])  # fmt: skip
+    agents.add(agent).start()
+    proc = agent.proc
     try:
-        info = None
-        deadline = time.monotonic() + 60
-        while info is None and time.monotonic() < deadline and proc.poll() is None:
-            try:
-                info = httpx.get(f"http://127.0.0.1:{admin}/server_info", timeout=2).json()
-            except (httpx.TransportError, ValueError):
-                time.sleep(0.1)
-        assert info is not None, log.read_text()
+        info = agent.wait_for(lambda: envoy_server_info(admin), 60, "Envoy's admin /server_info")
         assert info["node"]["id"] == "default.pkgtest"
         if notify:  # systemd would consider the unit started only now
             got = notifications_from(sock, proc.pid, b"READY=1", timeout=30)
-            assert any(b"READY=1" in m for m in got), (got, log.read_text())
+            assert any(b"READY=1" in m for m in got), (got, agent.output())
         children = psutil.Process(proc.pid).children(recursive=True)
         envoys = [c for c in children if Path(c.exe()).name == "envoy"]
         assert envoys and all(c.uids().real == user.pw_uid for c in envoys), children
         assert os.path.realpath(envoys[0].exe()).startswith("/opt/kuma-dp/lib/")
         assert (work / "bootstrap.yaml").stat().st_uid == user.pw_uid
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0, log.read_text()
+        assert proc.wait(timeout=60) == 0, agent.output()
         assert all(not c.is_running() for c in envoys)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        agents.close()  # before the directory it runs in goes
         sock.close()
-        cp.terminate()
-        cp.wait(timeout=30)
         shutil.rmtree(base, ignore_errors=True)
 
 

@@ -1,6 +1,6 @@
 """`kuma-dp run` as an operator runs it, against a stand-in `/bootstrap` (tests/helpers/fake_cp.py).
 
-Covers the registration/bootstrap half of issue 2 through the CLI: TLS with a generated CA (accepted), a wrong
+Covers registration and bootstrap through the CLI: TLS with a generated CA (accepted), a wrong
 CA and an untrusted certificate (refused, clear message), the CP down at start then up (retries, success),
 422 (fatal, server message shown), the retry budget exhausted (exit 1 with Kuma's message), the API-port 404
 hint, and the one-line errors of bad input. Success paths run the real Envoy and wait for `/ready` 200.
@@ -8,14 +8,10 @@ hint, and the one-line errors of bad input. Success paths run the real Envoy and
 
 from __future__ import annotations
 
-import os
 import signal
 import stat
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -25,6 +21,7 @@ import yaml
 
 from kuma_dp_dev.harness.ports import free_port
 from tests.conftest import REPO
+from tests.helpers.agent_proc import AgentProcess, Agents, envoy_server_info, kuma_dp_run
 from tests.helpers.fake_cp import FakeCP, Reply, make_token, minimal_bootstrap_yaml
 
 pytestmark = pytest.mark.integration
@@ -41,90 +38,13 @@ networking:
       kuma.io/service: web
 """
 
-
-@dataclass
-class KumaDP:
-    """One `kuma-dp run` subprocess; output goes to a file so a failing test can show it."""
-
-    args: list[str]
-    tmp: Path
-    env: dict[str, str] = field(default_factory=dict)
-    readiness_port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, stdin: bytes | None = None) -> KumaDP:
-        env = {
-            **os.environ,
-            "KUMA_READINESS_PORT": str(self.readiness_port),
-            "KUMA_DNS_ENABLED": "false",
-            "KUMA_CONTROL_PLANE_RETRY_BACKOFF": "100ms",
-            **self.env,
-        }
-        self._out = (self.tmp / "kuma-dp.log").open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kuma_dp", "run", *self.args],
-            env=env,
-            cwd=REPO,
-            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-        )
-        if stdin is not None:
-            assert self.proc.stdin is not None
-            self.proc.stdin.write(stdin)
-            self.proc.stdin.close()
-        return self
-
-    def output(self) -> str:
-        self._out.flush()
-        return (self.tmp / "kuma-dp.log").read_text(errors="replace")
-
-    def wait(self, timeout: float = 30) -> int:
-        assert self.proc is not None
-        return self.proc.wait(timeout)
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.output()
-            try:
-                r = httpx.get(f"http://127.0.0.1:{self.readiness_port}/ready", timeout=2)
-                if r.status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError("never ready:\n" + self.output())
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            time.sleep(0.2)
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)  # second signal ends the drain wait
-        return self.proc.wait(30)
-
-    def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self._out.close()
+#: No DNS proxy (these tests are about the bootstrap), and quick retries.
+ENV = {"KUMA_DNS_ENABLED": "false", "KUMA_CONTROL_PLANE_RETRY_BACKOFF": "100ms"}
 
 
-@pytest.fixture
-def runner(tmp_path: Path) -> Iterator[list[KumaDP]]:
-    started: list[KumaDP] = []
-    yield started
-    for k in started:
-        k.close()
-
-
-def _start(runner: list[KumaDP], tmp: Path, args: list[str], env: dict[str, str] | None = None) -> KumaDP:
-    k = KumaDP(args=args, tmp=tmp, env=env or {})
-    runner.append(k)
-    return k
+def _start(agents: Agents, tmp: Path, args: list[str], env: dict[str, str] | None = None) -> AgentProcess:
+    """One `kuma-dp run` (not started yet), cleaned up after the test; its output in tmp/kuma-dp.log."""
+    return agents.add(kuma_dp_run(args, tmp / "kuma-dp.log", env={**ENV, **(env or {})}))
 
 
 def _template_args(envoy_binary: str) -> list[str]:
@@ -139,7 +59,7 @@ def _template_args(envoy_binary: str) -> list[str]:
 
 
 def test_tls_with_generated_ca_registers_and_envoy_gets_ready(
-    runner: list[KumaDP], tmp_path: Path, envoy_binary: str
+    agents: Agents, tmp_path: Path, envoy_binary: str
 ) -> None:
     ca = trustme.CA()
     admin = free_port()
@@ -149,7 +69,7 @@ def test_tls_with_generated_ca_registers_and_envoy_gets_ready(
     with FakeCP([Reply.bootstrap(bootstrap)], tls_ca=ca) as cp:
         pem = cp.write_ca_pem(tmp_path / "ca.pem")
         k = _start(
-            runner,
+            agents,
             tmp_path,
             [
                 "--cp-address",
@@ -175,7 +95,7 @@ def test_tls_with_generated_ca_registers_and_envoy_gets_ready(
         assert stat.S_IMODE(written.stat().st_mode) == 0o600
         assert (work / "dp-1").read_text() == token
         assert stat.S_IMODE((work / "dp-1").stat().st_mode) == 0o600
-        assert k.stop() == 0
+        assert k.stop_draining() == 0
     assert (req.method, req.path, req.headers["accept"]) == ("POST", "/bootstrap", "application/json")
     body = req.json
     assert (body["mesh"], body["name"], body["proxyType"]) == ("default", "dp-1", "dataplane")
@@ -189,52 +109,49 @@ def test_tls_with_generated_ca_registers_and_envoy_gets_ready(
     assert token not in k.output()
 
 
-def test_cp_down_at_start_then_up(runner: list[KumaDP], tmp_path: Path, envoy_binary: str) -> None:
+def test_cp_down_at_start_then_up(agents: Agents, tmp_path: Path, envoy_binary: str) -> None:
     port = free_port()
     admin = free_port()
     k = _start(
-        runner,
+        agents,
         tmp_path,
         ["--cp-address", f"http://127.0.0.1:{port}", *_template_args(envoy_binary)],
         env={"KUMA_CONTROL_PLANE_RETRY_MAX_DURATION": "60s"},
     ).start()
-    deadline = time.monotonic() + 30
-    while "request to bootstrap server failed" not in k.output():
-        assert time.monotonic() < deadline and k.proc is not None and k.proc.poll() is None, k.output()
-        time.sleep(0.05)
+    k.wait_log("request to bootstrap server failed", 30)
     with FakeCP([Reply.bootstrap(minimal_bootstrap_yaml(admin))], port=port) as cp:
         k.wait_ready()
         assert len(cp.requests) == 1
-        assert k.stop() == 0
+        assert k.stop_draining() == 0
     assert "could not fetch bootstrap configuration" in k.output()
 
 
 def test_skip_verify_accepts_an_untrusted_cp_loudly_and_legacy_yaml_works(
-    runner: list[KumaDP], tmp_path: Path, envoy_binary: str
+    agents: Agents, tmp_path: Path, envoy_binary: str
 ) -> None:
     admin = free_port()
     with FakeCP([Reply.legacy_yaml(minimal_bootstrap_yaml(admin))], tls_ca=trustme.CA()) as cp:
         k = _start(
-            runner, tmp_path, ["--cp-address", cp.url, "--skip-verify", *_template_args(envoy_binary)]
+            agents, tmp_path, ["--cp-address", cp.url, "--skip-verify", *_template_args(envoy_binary)]
         ).start()
         k.wait_ready()
-        assert k.stop() == 0
+        assert k.stop_draining() == 0
     assert "TLS verification of the control plane is DISABLED" in k.output()
 
 
 def test_template_from_stdin_and_temp_work_dir_removed(
-    runner: list[KumaDP], tmp_path: Path, envoy_binary: str
+    agents: Agents, tmp_path: Path, envoy_binary: str
 ) -> None:
     admin = free_port()
     with FakeCP([Reply.bootstrap(minimal_bootstrap_yaml(admin))]) as cp:
         args = ["--cp-address", cp.url, "-d", "-", "-v", "name=dp-2,address=127.0.0.1,port=9090"]
         args += ["--binary-path", envoy_binary, "--drain-time", "1s", "--concurrency", "1"]
-        k = _start(runner, tmp_path, args).start(stdin=TEMPLATE.encode())
+        k = _start(agents, tmp_path, args).start(stdin=TEMPLATE.encode())
         k.wait_ready()
         body = cp.requests[0].json
         work = Path(body["workdir"])
         assert work.name.startswith("kuma-dp-") and stat.S_IMODE(work.stat().st_mode) == 0o711
-        assert k.stop() == 0
+        assert k.stop_draining() == 0
     assert body["name"] == "dp-2"
     assert not work.exists()
 
@@ -242,10 +159,8 @@ def test_template_from_stdin_and_temp_work_dir_removed(
 # -- refusals and failures ----------------------------------------------------------------------------------
 
 
-def _fail(
-    runner: list[KumaDP], tmp: Path, args: list[str], env: dict[str, str] | None = None
-) -> tuple[int, str]:
-    k = _start(runner, tmp, args, env).start()
+def _fail(agents: Agents, tmp: Path, args: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
+    k = _start(agents, tmp, args, env).start()
     code = k.wait(60)
     return code, k.output()
 
@@ -256,21 +171,27 @@ def _error_line(output: str) -> str:
     return lines[0]
 
 
-def test_wrong_ca_is_refused_with_a_clear_error(
-    runner: list[KumaDP], tmp_path: Path, envoy_binary: str
-) -> None:
-    wrong = trustme.CA()
-    pem = tmp_path / "wrong-ca.pem"
-    wrong.cert_pem.write_to_path(str(pem))
+def _refused_over_tls(agents: Agents, tmp: Path, envoy_binary: str, ca_args: list[str]) -> str:
+    """A CP whose certificate `kuma-dp run` (with `ca_args`) must not trust: exit 1; the output."""
     with FakeCP(tls_ca=trustme.CA()) as cp:
         code, out = _fail(
-            runner,
-            tmp_path,
-            ["--cp-address", cp.url, "--ca-cert-file", str(pem), *_template_args(envoy_binary)],
+            agents,
+            tmp,
+            ["--cp-address", cp.url, *ca_args, *_template_args(envoy_binary)],
             env={"KUMA_CONTROL_PLANE_RETRY_MAX_DURATION": "300ms"},
         )
         assert cp.requests == []  # the handshake failed: nothing (no token) reached the server
     assert code == 1
+    return out
+
+
+def test_wrong_ca_is_refused_with_a_clear_error(
+    agents: Agents, tmp_path: Path, envoy_binary: str
+) -> None:
+    wrong = trustme.CA()
+    pem = tmp_path / "wrong-ca.pem"
+    wrong.cert_pem.write_to_path(str(pem))
+    out = _refused_over_tls(agents, tmp_path, envoy_binary, ["--ca-cert-file", str(pem)])
     line = _error_line(out)
     assert line.startswith(
         "Error: Failed to fetch Envoy bootstrap config. request to bootstrap server failed"
@@ -279,27 +200,19 @@ def test_wrong_ca_is_refused_with_a_clear_error(
 
 
 def test_without_a_ca_the_system_roots_verify(
-    runner: list[KumaDP], tmp_path: Path, envoy_binary: str
+    agents: Agents, tmp_path: Path, envoy_binary: str
 ) -> None:
-    with FakeCP(tls_ca=trustme.CA()) as cp:
-        code, out = _fail(
-            runner,
-            tmp_path,
-            ["--cp-address", cp.url, *_template_args(envoy_binary)],
-            env={"KUMA_CONTROL_PLANE_RETRY_MAX_DURATION": "300ms"},
-        )
-        assert cp.requests == []
-    assert code == 1
+    out = _refused_over_tls(agents, tmp_path, envoy_binary, [])
     assert "not trusted by the system CAs" in _error_line(out)
 
 
 def test_422_is_fatal_and_shows_the_server_message(
-    runner: list[KumaDP], tmp_path: Path, envoy_binary: str
+    agents: Agents, tmp_path: Path, envoy_binary: str
 ) -> None:
     msg = "outbound: should be empty since dataplane is in Transparent Proxying mode"
     with FakeCP([Reply.status_only(422, msg)]) as cp:
         code, out = _fail(
-            runner,
+            agents,
             tmp_path,
             ["--cp-address", cp.url, *_template_args(envoy_binary)],
             env={"KUMA_CONTROL_PLANE_RETRY_MAX_DURATION": "5m"},
@@ -310,11 +223,11 @@ def test_422_is_fatal_and_shows_the_server_message(
 
 
 def test_budget_exhausted_exits_1_with_kumas_message(
-    runner: list[KumaDP], tmp_path: Path, envoy_binary: str
+    agents: Agents, tmp_path: Path, envoy_binary: str
 ) -> None:
     with FakeCP([Reply.status_only(404)]) as cp:
         code, out = _fail(
-            runner,
+            agents,
             tmp_path,
             ["--cp-address", cp.url, "--name", "dp-1", "--mesh", "default", "--binary-path", envoy_binary],
             env={"KUMA_CONTROL_PLANE_RETRY_MAX_DURATION": "500ms"},
@@ -330,10 +243,10 @@ def test_budget_exhausted_exits_1_with_kumas_message(
     assert "Dataplane entity is not yet found in the Control Plane" in out
 
 
-def test_api_port_404_hint(runner: list[KumaDP], tmp_path: Path, envoy_binary: str) -> None:
+def test_api_port_404_hint(agents: Agents, tmp_path: Path, envoy_binary: str) -> None:
     with FakeCP([Reply.status_only(404, "404: Page Not Found")]) as cp:
         code, out = _fail(
-            runner,
+            agents,
             tmp_path,
             ["--cp-address", cp.url, *_template_args(envoy_binary)],
             env={"KUMA_CONTROL_PLANE_RETRY_MAX_DURATION": "200ms"},
@@ -383,23 +296,23 @@ def test_api_port_404_hint(runner: list[KumaDP], tmp_path: Path, envoy_binary: s
     ],
 )
 def test_bad_input_is_one_line_exit_1(
-    runner: list[KumaDP], tmp_path: Path, args: list[str], env: dict[str, str], expected: str
+    agents: Agents, tmp_path: Path, args: list[str], env: dict[str, str], expected: str
 ) -> None:
-    code, out = _fail(runner, tmp_path, ["--cp-address", "http://127.0.0.1:1", *args], env=env)
+    code, out = _fail(agents, tmp_path, ["--cp-address", "http://127.0.0.1:1", *args], env=env)
     assert code == 1
     assert _error_line(out) == expected
     assert "Traceback" not in out
 
 
 def test_local_bootstrap_source_needs_no_cp_and_envoy_accepts_it(
-    runner: list[KumaDP], tmp_path: Path, envoy_binary: str
+    agents: Agents, tmp_path: Path, envoy_binary: str
 ) -> None:
     """`--bootstrap-source local` renders the bootstrap in-process; Envoy loads it."""
     admin = free_port()
     work = tmp_path / "wd"
     template = TEMPLATE + f"  admin:\n    port: {admin}\n"
     k = _start(
-        runner,
+        agents,
         tmp_path,
         [
             "--bootstrap-source", "local", "--cp-address", f"http://127.0.0.1:{free_port()}",
@@ -408,37 +321,25 @@ def test_local_bootstrap_source_needs_no_cp_and_envoy_accepts_it(
             "--drain-time", "1s", "--concurrency", "1",
         ],
     ).start()  # fmt: skip
-    deadline = time.monotonic() + 60
-    info = None
-    while time.monotonic() < deadline and info is None:
-        assert k.proc is not None and k.proc.poll() is None, k.output()
-        try:
-            info = httpx.get(f"http://127.0.0.1:{admin}/server_info", timeout=2).json()
-        except (httpx.TransportError, ValueError):
-            time.sleep(0.05)
-    assert info is not None, k.output()
+    info = k.wait_for(lambda: envoy_server_info(admin), 60, "Envoy's admin /server_info")
     assert info["node"]["id"] == "default.dp-local"
     rendered = yaml.safe_load((work / "bootstrap.yaml").read_text())
     assert rendered["node"]["id"] == "default.dp-local"
-    assert k.stop() == 0
+    assert k.stop_draining() == 0
 
 
 def test_sigterm_while_retrying_stops_at_once_and_removes_the_temp_dir(
-    runner: list[KumaDP], tmp_path: Path, envoy_binary: str
+    agents: Agents, tmp_path: Path, envoy_binary: str
 ) -> None:
     with FakeCP([Reply.status_only(404)]) as cp:
         k = _start(
-            runner,
+            agents,
             tmp_path,
             ["--cp-address", cp.url, *_template_args(envoy_binary)],
             env={"KUMA_CONTROL_PLANE_RETRY_BACKOFF": "1s", "KUMA_CONTROL_PLANE_RETRY_MAX_DURATION": "5m"},
         ).start()
-        deadline = time.monotonic() + 30
-        while not cp.requests:
-            assert time.monotonic() < deadline and k.proc is not None and k.proc.poll() is None, k.output()
-            time.sleep(0.05)
-        assert k.proc is not None
-        k.proc.send_signal(signal.SIGTERM)
+        k.wait_for(lambda: cp.requests, 30, "the first /bootstrap request")
+        k.signal(signal.SIGTERM)
         code = k.wait(10)
     out = k.output()
     assert code == 1
@@ -464,10 +365,10 @@ def test_version_command_reports_us_and_envoy(envoy_binary: str) -> None:
     assert f"Envoy: {ev.version} ({ev.build})" in out
 
 
-def test_missing_envoy_is_one_line_and_nothing_is_sent(runner: list[KumaDP], tmp_path: Path) -> None:
+def test_missing_envoy_is_one_line_and_nothing_is_sent(agents: Agents, tmp_path: Path) -> None:
     with FakeCP() as cp:
         code, out = _fail(
-            runner, tmp_path, ["--cp-address", cp.url, "--name", "dp-1", "--mesh", "default",
+            agents, tmp_path, ["--cp-address", cp.url, "--name", "dp-1", "--mesh", "default",
                                "--binary-path", str(tmp_path / "no-envoy")]
         )  # fmt: skip
         assert cp.requests == []
@@ -476,7 +377,7 @@ def test_missing_envoy_is_one_line_and_nothing_is_sent(runner: list[KumaDP], tmp
 
 
 def test_sidecar_metrics_aggregate_reaches_the_hijacker(
-    runner: list[KumaDP], tmp_path: Path, short_tmp: Path, envoy_binary: str
+    agents: Agents, tmp_path: Path, short_tmp: Path, envoy_binary: str
 ) -> None:
     """kumaSidecarConfiguration.metrics.aggregate from the CP is scraped and merged on the hijacker socket."""
     admin = free_port()
@@ -493,7 +394,7 @@ def test_sidecar_metrics_aggregate_reaches_the_hijacker(
         }
         with FakeCP([Reply.bootstrap(minimal_bootstrap_yaml(admin), sidecar)]) as cp:
             k = _start(
-                runner,
+                agents,
                 tmp_path,
                 ["--cp-address", cp.url, "--work-dir", str(work), *_template_args(envoy_binary)],
             ).start()
@@ -501,7 +402,7 @@ def test_sidecar_metrics_aggregate_reaches_the_hijacker(
             sock = work / "kuma-mh-dp-1-default.sock"
             with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock))) as client:
                 page = client.get("http://localhost/", timeout=5)
-            assert k.stop() == 0
+            assert k.stop_draining() == 0
         assert any(r.path == "/stats" for r in app.requests)
     assert page.status_code == 200
     assert "app_requests_total" in page.text

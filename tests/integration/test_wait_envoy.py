@@ -61,7 +61,7 @@ def test_wait_started_before_envoy_succeeds_once_envoy_is_live(
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(1.0)
+    time.sleep(1.0)  # kept: the point is that nothing happens for a while (no Envoy, no answer)
     assert waiter.poll() is None, "wait returned before Envoy existed"
     start_envoy(envoys, envoy_binary, bootstrap)
     out, err = waiter.communicate(timeout=60)

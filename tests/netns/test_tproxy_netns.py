@@ -146,7 +146,8 @@ def pod(require_root: None) -> Iterator[Pod]:
 
 
 def normalise(out: str) -> str:
-    """tproxy/CASES.md §4.3, verbatim."""
+    """Kuma's `CleanIptablesSaveOutput` (`test/framework/utils/utils.go`), verbatim: drop `#` lines, hide the
+    out-interface name, strip the counters off chain lines."""
     out = "\n".join(line for line in out.split("\n") if not line.startswith("#"))
     out = re.sub(r"-o ([^ ]+)", "-o ifPlaceholder", out)
     return re.sub(r"(?m)^:([^ ]+) ([^ ]+) .*?$", r":\1 \2", out)
@@ -378,8 +379,7 @@ def test_idempotent_install_and_exact_uninstall(pod: Pod, backend: str) -> None:
         for rule in USER_RULES:
             sh("ip", "netns", "exec", pod.ns, binary, *rule.split())
     before = all_saves(pod, backend)
-    args = [
-        "install",
+    flags = [
         "--kuma-dp-user",
         str(PROXY_UID),
         "--iptables-executables",
@@ -388,22 +388,14 @@ def test_idempotent_install_and_exact_uninstall(pod: Pod, backend: str) -> None:
         "--drop-invalid-packets",
         "--iptables-logs",
     ]
+    args = ["install", *flags]
     assert pod.kuma(*args).returncode == 0
     once = all_saves(pod, backend)
     r = pod.kuma(*args)
     assert r.returncode == 0, r.stderr
     assert all_saves(pod, backend) == once, "install twice = same ruleset"
     assert "CUSTOM_CHAIN_NAT" in once[f"{v4}-save"] and "KUMA_MESH_OUTBOUND" in once[f"{v6}-save"]
-    plan = pod.kuma(
-        "plan",
-        "--kuma-dp-user",
-        str(PROXY_UID),
-        "--iptables-executables",
-        executables(backend),
-        *MULTIPLE_FLAGS,
-        "--drop-invalid-packets",
-        "--iptables-logs",
-    )
+    plan = pod.kuma("plan", *flags)
     assert plan.returncode == 0, plan.stdout + plan.stderr
     r = pod.kuma("uninstall", "--iptables-executables", executables(backend))
     assert r.returncode == 0, r.stderr
@@ -558,16 +550,14 @@ def test_uninstall_refuses_foreign_kuma_chains(pod: Pod) -> None:
 
 
 CP_IN_NETNS = """
-import json, sys, time
+import json, sys
 sys.path.insert(0, sys.argv[2])
 from tests.helpers.tproxy_probe import enter_netns
 enter_netns(sys.argv[1])
 from tests.helpers.fake_cp import FakeCP, Reply
 with FakeCP([Reply.status_only(422, "stop after the request")]) as cp:
     print(cp.url, flush=True)
-    deadline = time.monotonic() + 30
-    while not cp.requests and time.monotonic() < deadline:
-        time.sleep(0.02)
+    cp.wait_requests(1, timeout=30)
     print(json.dumps(cp.requests[-1].json if cp.requests else None), flush=True)
 """
 

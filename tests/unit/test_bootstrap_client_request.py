@@ -1,4 +1,5 @@
-"""Bootstrap client: request layout, features, response handling and the retry policy (KUMA-DP.md §3)."""
+"""Bootstrap client: request layout, features, response handling and the retry policy
+(`app/kuma-dp/pkg/dataplane/envoy/remote_bootstrap.go`)."""
 
 from __future__ import annotations
 

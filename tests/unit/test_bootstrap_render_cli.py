@@ -11,15 +11,11 @@ import yaml
 from click.testing import CliRunner
 
 from kuma_dp.cli import cli
+from tests.helpers.resources import dataplane
 
 pytestmark = pytest.mark.unit
 
-RESOURCE = {
-    "type": "Dataplane",
-    "mesh": "default",
-    "name": "web-1",
-    "networking": {"address": "127.0.0.1", "inbound": [{"port": 8080, "tags": {"kuma.io/service": "web"}}]},
-}
+RESOURCE = dataplane("web-1", "web", 8080)
 REQUEST = {"mesh": "default", "name": "web-1", "workdir": "/tmp", "dataplaneResource": json.dumps(RESOURCE)}
 
 

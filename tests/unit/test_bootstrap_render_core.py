@@ -14,13 +14,13 @@ from hypothesis import strategies as st
 from kuma_dp.bootstrap.render import (
     RenderError,
     RenderParams,
-    access_log_socket_path,
     dump_yaml,
     identifying_service,
     proto_duration,
     render_bootstrap,
     template_fragment,
 )
+from kuma_dp.paths import access_log_socket_path
 
 pytestmark = pytest.mark.unit
 

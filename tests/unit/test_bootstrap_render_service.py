@@ -1,4 +1,5 @@
-"""The dev CP's /bootstrap service: kuma-cp's status codes and bodies (KUMA-DP.md §3.3, §3.6), no sockets."""
+"""The dev CP's /bootstrap service: kuma-cp's status codes and bodies (`pkg/xds/bootstrap/handler.go`), no
+sockets."""
 
 from __future__ import annotations
 

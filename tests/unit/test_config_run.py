@@ -1,4 +1,5 @@
-"""kuma_dp.config: Kuma's defaults, env-over-flag precedence and validation messages (KUMA-DP.md §2)."""
+"""kuma_dp.config: Kuma's defaults, env-over-flag precedence and validation messages
+(`pkg/config/app/kuma-dp/config.go`, `app/kuma-dp/cmd/run.go`)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@
 behind both listeners) in process; every reply must be a well-formed response to that packet or a drop,
 and a real query must still be answered afterwards. Hypothesis adds structure-aware packets. The smaller
 over-the-wire run (real UDP and TCP sockets) is in tests/integration/test_dns_fuzz_wire.py.
-KUMA_DNS_FUZZ_PACKETS overrides the count (the default is the issue's 1,000,000; ~20 s on one core).
+KUMA_DNS_FUZZ_PACKETS overrides the count (the default is the required 1,000,000; ~20 s on one core).
 """
 
 from __future__ import annotations

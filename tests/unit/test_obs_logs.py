@@ -68,7 +68,7 @@ def test_no_token_in_any_line(tmp_path: Path, fmt: str) -> None:
     out = tmp_path / "agent.log"
     handler = logs.setup_logging("debug", str(out), 100, 3, 30, fmt)
     logs.add_secret(PLAIN_SECRET)
-    _log_everything(logging.getLogger("kuma-dp.test"))
+    _log_everything(logging.getLogger("kuma_dp.test"))
     handler.flush()
     text = out.read_text()
     assert "bootstrap failed" in text and "RuntimeError" in text  # the events themselves are there
@@ -82,7 +82,7 @@ def test_no_token_in_any_line(tmp_path: Path, fmt: str) -> None:
 def test_json_lines_parse_with_zap_field_names(tmp_path: Path) -> None:
     out = tmp_path / "agent.json.log"
     handler = logs.setup_logging("info", str(out), 100, 3, 30, "json")
-    log = logging.getLogger("kuma-dp.envoy")
+    log = logging.getLogger("kuma_dp.envoy")
     log.info("envoy started", extra={"pid": 42, "argv": ["--config-path", "x"]})
     log.debug("not shown at info")
     try:
@@ -94,7 +94,7 @@ def test_json_lines_parse_with_zap_field_names(tmp_path: Path) -> None:
     records = [json.loads(line) for line in lines]
     assert len(records) == 2
     first, second = records
-    assert first["msg"] == "envoy started" and first["level"] == "info" and first["logger"] == "kuma-dp.envoy"
+    assert first["msg"] == "envoy started" and first["level"] == "info" and first["logger"] == "kuma_dp.envoy"
     assert first["pid"] == 42 and first["argv"] == ["--config-path", "x"]
     assert first["ts"].endswith("Z")
     assert second["level"] == "error" and "ZeroDivisionError" in second["error"]
@@ -137,8 +137,8 @@ def test_stderr_default_text_layout() -> None:
     code = (
         "import logging; from kuma_dp.logs import setup_logging;"
         "setup_logging('info', None, 100, 1000, 30);"
-        f"logging.getLogger('kuma-dp').info('hello %s', 'world', extra={{'mesh': 'default'}});"
-        f"logging.getLogger('kuma-dp').info('token={TOKEN}')"
+        f"logging.getLogger('kuma_dp').info('hello %s', 'world', extra={{'mesh': 'default'}});"
+        f"logging.getLogger('kuma_dp').info('token={TOKEN}')"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30
@@ -146,6 +146,6 @@ def test_stderr_default_text_layout() -> None:
     assert proc.stdout == ""
     first, second = proc.stderr.splitlines()
     ts, level, logger, message, extras = first.split("\t")
-    assert (level, logger, message, extras) == ("INFO", "kuma-dp", "hello world", "mesh=default")
+    assert (level, logger, message, extras) == ("INFO", "kuma_dp", "hello world", "mesh=default")
     assert ts.endswith("Z")
     assert TOKEN not in second and logs.REDACTED in second

@@ -13,9 +13,9 @@ from kuma_dp.metrics import (
     merge_bodies,
     response_format,
     select_content_type,
-    socket_path,
 )
 from kuma_dp.metrics._hijacker import negotiate
+from kuma_dp.paths import proxy_socket_path as socket_path
 
 pytestmark = pytest.mark.unit
 
