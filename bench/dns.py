@@ -10,7 +10,7 @@ reported, which tames a noisy shared machine a little):
 * cached forwarded names: 1,000 names served by an origin dnsmasq, warmed into both caches first;
 * latency at a fixed rate (`--p99-qps`, default 20k QPS) on mesh names: p50/p99 from dnsperf's per-query log.
 
-Prints QPS, latencies and our/dnsmasq ratios next to the issue's targets (mesh QPS ratio >= 1.0, p99 <= 1 ms
+Prints QPS, latencies and our/dnsmasq ratios next to the targets (mesh QPS ratio >= 1.0, p99 <= 1 ms
 at 20k QPS, cached forwarded >= 0.8x). It is a benchmark, not a test: it exits 0 unless `--strict` is given
 and a target is missed, or a tool is missing.
 """

@@ -34,7 +34,8 @@ sys.path.insert(0, str(REPO))
 from kuma_dp_dev.demoapp import serve_in_thread  # noqa: E402
 from kuma_dp_dev.devcp import vip, xds  # noqa: E402
 from kuma_dp_dev.devcp.state import Endpoint, Service, parse_dataplane  # noqa: E402
-from kuma_dp_dev.harness.localmesh import EnvoyProcess, ads_bootstrap, envoy_binary, wait_until  # noqa: E402
+from kuma_dp_dev.harness.localmesh import EnvoyProcess, ads_bootstrap, envoy_binary  # noqa: E402
+from kuma_dp_dev.harness.poll import wait_until  # noqa: E402
 from kuma_dp_dev.harness.ports import free_port  # noqa: E402
 
 KUMA_DP = [sys.executable, "-m", "kuma_dp"]

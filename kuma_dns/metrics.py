@@ -1,4 +1,5 @@
-"""DNS metrics with kuma-dp's names (KUMA-DP.md §11.4) plus cache and table-age metrics.
+"""DNS metrics with kuma-dp's names (`kuma_dp_dns_*`, Kuma's `app/kuma-dp/pkg/dataplane/dnsproxy/metrics.go`)
+plus cache and table-age metrics.
 
 The hot path must not take a lock per query, so counts live in plain ints and lists here and a
 prometheus-client `Collector` turns them into metric families at scrape time. Like kuma-dp, the families

@@ -6,8 +6,8 @@ question in the reply. Serving a query is then a dict lookup and a concatenation
 
 `TableStore` holds the current table, swaps it atomically (one reference assignment: a reader sees the old
 table or the new one, never a mix), and persists the last-known-good payload to the work directory so a
-restarted agent answers mesh names from its first millisecond and through control-plane outages (no peer
-does this; PEERS.md §8.1).
+restarted agent answers mesh names from its first millisecond and through control-plane outages (Kuma's
+proxy starts empty and forwards every mesh name upstream until its first `/dns` poll).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from kuma_dp.fsutil import atomic_write
 
 from . import _wire as w
 
-log = logging.getLogger("kuma_dns.table")
+log = logging.getLogger(__name__)
 
 #: File in the work dir holding the last-known-good payload (with its ETag and when it was fetched).
 PERSIST_NAME = "kuma-dns-table.json"
@@ -55,7 +55,8 @@ class Record:
 
 @dataclass(frozen=True, slots=True)
 class Payload:
-    """The decoded `/dns` payload: `{records: [{name, ips}], ttl, extraLabels}` (KUMA-DP.md §11.3)."""
+    """The decoded `/dns` payload: `{records: [{name, ips}], ttl, extraLabels}` (Kuma's
+    `pkg/dns/dpapi/api.go`)."""
 
     records: tuple[Record, ...]
     ttl: int

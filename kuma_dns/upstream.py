@@ -1,7 +1,9 @@
 """Forwarding of non-mesh names: every resolv.conf nameserver, a TTL cache, and no hangs.
 
-What kuma-dp does (KUMA-DP.md §11.3: first nameserver only, UDP only, no cache, no truncation) is what users
-complain about (PEERS.md §7). Here:
+What kuma-dp does (Kuma's `app/kuma-dp/pkg/dataplane/dnsproxy/component.go`: the first resolv.conf nameserver
+only, UDP only, no cache, no truncation) is what users of DNS proxies complain about: no cache overloads the
+upstream (istio/istio#38269, hashicorp/consul#14703), only the first server is tried (hashicorp/consul#3640),
+large answers fail (istio/istio#61371, #12312). Here:
 
 * all nameservers, in order (or in parallel), failing over on timeouts, network errors, SERVFAIL and REFUSED;
 * the client's transport; over UDP we advertise EDNS0 (1232) upstream and retry over TCP when TC is set;
@@ -30,7 +32,7 @@ from pathlib import Path
 from . import _wire as w
 from .metrics import DNSMetrics
 
-log = logging.getLogger("kuma_dns.upstream")
+log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
 #: Last byte of a cache key: bit 0 = DO, bit 1 = CD.

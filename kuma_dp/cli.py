@@ -15,7 +15,7 @@ import click
 from kuma_dp.commands.goflags import setting_option
 from kuma_dp.config import SETTINGS
 
-#: name -> "module:attribute" of a click.Command. Owners add their line; keep it sorted.
+#: name -> "module:attribute" of a click.Command, imported only when that sub-command runs. Keep it sorted.
 SUBCOMMANDS: dict[str, str] = {
     "bootstrap": "kuma_dp.bootstrap.cli:bootstrap",
     "demo": "kuma_dp_dev.demo:demo",

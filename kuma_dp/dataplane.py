@@ -25,7 +25,7 @@ from typing import Any, TextIO
 
 import yaml
 
-log = logging.getLogger("kuma-dp.dataplane")
+log = logging.getLogger(__name__)
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
 #: proxy type -> the resource type the template must have

@@ -275,7 +275,8 @@ def setup_logging(
     root.setLevel(numeric)
     handler.setLevel(numeric)
     logging.captureWarnings(True)
-    # Libraries we use are chatty at debug; keep them at info unless the operator asked for debug.
+    # Third-party loggers (outside our kuma_dp, kuma_dns and iptables hierarchy) are chatty: only their
+    # warnings and errors, unless the operator asked for debug.
     for noisy in ("httpx", "httpcore", "asyncio", "grpc"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if numeric <= logging.DEBUG else logging.WARNING)
     return handler

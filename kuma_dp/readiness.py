@@ -1,4 +1,5 @@
-"""The readiness reporter: `GET /ready` on KUMA_READINESS_PORT (9902), KUMA-DP.md §7.
+"""The readiness reporter: `GET /ready` on KUMA_READINESS_PORT (9902), as Kuma's
+`app/kuma-dp/pkg/dataplane/readiness/component.go`.
 
 Answers, in order: 503 `TERMINATING` once shutdown began; 503 `NOT_READY` while the DNS gate is closed (the
 DNS proxy has no first record set yet, at most 15 s); then Envoy's own `/ready`. With admin on a unix socket
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from kuma_dp.component import Component
 from kuma_dp.envoy import AdminAddress, AdminClient, AdminError
 
-log = logging.getLogger("kuma-dp.readiness")
+log = logging.getLogger(__name__)
 
 #: Kuma skips the DNS gate when the DNS proxy has no records after this long (a mesh without services).
 DNS_GATE_TIMEOUT = 15.0

@@ -27,7 +27,7 @@ from kuma_dp.config import SETTINGS, RunConfig, get_path
 if TYPE_CHECKING:
     from kuma_dp.agent import AgentContext
 
-log = logging.getLogger("kuma-dp.sd-notify")
+log = logging.getLogger(__name__)
 
 __all__ = ["SdNotifier", "SystemdNotifier", "notifier_component", "systemd_environ", "watchdog_interval"]
 

@@ -38,7 +38,7 @@ from kuma_dp.config import (
     validate,
 )
 
-log = logging.getLogger("kuma-dp.run")
+log = logging.getLogger(__name__)
 
 
 class RunError(Exception):

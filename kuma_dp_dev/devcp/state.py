@@ -31,7 +31,8 @@ SERVICE_TAG = "kuma.io/service"
 PROTOCOL_TAG = "kuma.io/protocol"
 DEFAULT_MESH = "default"
 
-#: kuma-cp's 422 text when a transparent-proxy Dataplane declares outbounds (KUMA-DP.md §3.3, §14.1).
+#: kuma-cp's 422 text when a transparent-proxy Dataplane declares outbounds (`dataplaneFor` in Kuma's
+#: `pkg/xds/bootstrap/generator.go`).
 TPROXY_OUTBOUND_ERROR = "outbound: should be empty since dataplane is in Transparent Proxying mode"
 
 
@@ -84,7 +85,8 @@ class TransparentProxying:
 
 @dataclass(frozen=True)
 class Dataplane:
-    """The parts of a Kuma Dataplane resource the dev CP acts on (KUMA-DP.md §14.1)."""
+    """The parts of a Kuma Dataplane resource the dev CP acts on (schema: Kuma's
+    `api/mesh/v1alpha1/dataplane.proto`)."""
 
     mesh: str
     name: str

@@ -1,4 +1,5 @@
-"""Virtual IPs for mesh services and their DNS names, as kuma-cp allocates them (KUMA-DP.md §12).
+"""Virtual IPs for mesh services and their DNS names, as kuma-cp allocates them (Kuma's
+`pkg/dns/vips_allocator.go`, `pkg/dns/vips/`).
 
 Addresses come from 240.0.0.0/4 in sorted name order, the first being 240.0.0.0 (the network address is not
 reserved). An assignment is kept for as long as its service exists, so a proxy's outbound listener and a
