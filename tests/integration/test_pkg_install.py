@@ -146,6 +146,18 @@ def test_pkg_deb_installs_layout_user_and_modes(installed_deb: Path) -> None:
     assert Path("/opt/kuma-dp/bin/kuma-dp").read_text().startswith("#!/opt/kuma-dp/bin/python\n")
 
 
+def test_pkg_deb_ships_only_the_agent(installed_deb: Path) -> None:
+    """The package carries the agent and what it imports; the development tools and their dependencies stay
+    out, and their sub-commands say how to get them instead of failing half-way."""
+    site = next(Path("/opt/kuma-dp/lib").glob("python*/site-packages"))
+    assert not (site / "kuma_dp_dev").exists()
+    shipped = {p.name.split("-")[0].lower() for p in site.glob("*.dist-info")}
+    assert shipped.isdisjoint({"grpcio", "httpx", "psutil", "dnslib", "cryptography", "xds_protos"}), shipped
+    proc = run("/usr/bin/kuma-dp", "dev-cp", check=False, env={"PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 1
+    assert "pip install 'kuma-dp-py[dev]'" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_pkg_deb_kuma_dp_version(installed_deb: Path) -> None:
     proc = run("/usr/bin/kuma-dp", "version", env={"PATH": "/usr/bin:/bin"})
     assert VERSION in proc.stdout
