@@ -258,7 +258,7 @@ def _build(
     extra_components: Iterable[ComponentSpec],
     envoy_binary: str | None,
     sidecar_config: dict[str, Any] | None = None,
-) -> tuple[Agent, ReadinessReporter]:
+) -> Agent:
     admin_address = admin_address_from_bootstrap(load_bootstrap(bootstrap))
     rt = cfg.dataplane_runtime
     ctx = AgentContext(
@@ -292,22 +292,16 @@ def _build(
 
         envoy = EnvoyComponent(argv, on_exit=_envoy_exited)
         ctx.envoy = envoy
-        components: list[Component] = []
-        for spec in [*BEFORE_ENVOY, *before_envoy]:
-            comp = _resolve(spec, ctx)
-            if comp is not None:
-                components.append(comp)
-        components.append(envoy)
-        for spec in [*AFTER_ENVOY, *extra_components]:
-            comp = _resolve(spec, ctx)
-            if comp is not None:
-                components.append(comp)
+        # Resolved in order: a factory may rely on what an earlier one put in ctx (the DNS proxy's "/dns"
+        # handler before the config fetcher), and Envoy's own place is between the two lists.
+        before = [_resolve(spec, ctx) for spec in [*BEFORE_ENVOY, *before_envoy]]
+        after = [_resolve(spec, ctx) for spec in [*AFTER_ENVOY, *extra_components]]
         reporter = ReadinessReporter(sock, ctx.readiness, ctx.admin)
-        components.append(reporter)
+        components = [c for c in (*before, envoy, *after, reporter) if c is not None]
     except BaseException:
         sock.close()
         raise
-    return Agent(ctx, components, envoy, reporter), reporter
+    return Agent(ctx, components, envoy, reporter)
 
 
 async def run_agent(
@@ -327,7 +321,7 @@ async def run_agent(
     from kuma_dp.envoy import AdminError, EnvoyNotFoundError
 
     try:
-        agent, _ = _build(
+        agent = _build(
             cfg,
             Path(bootstrap),
             before_envoy=before_envoy,

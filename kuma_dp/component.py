@@ -264,8 +264,6 @@ class ComponentManager:
             waiters.add(asyncio.create_task(interrupt.wait()))
         try:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            for w in waiters:
-                w.cancel()
             if not starter.done():
                 starter.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

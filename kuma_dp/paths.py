@@ -13,10 +13,7 @@ The access-log FIFO keeps Kuma's `.sock` name although it is a named pipe.
 
 from __future__ import annotations
 
-import logging
 import os
-
-log = logging.getLogger(__name__)
 
 __all__ = [
     "ACCESS_LOG_PREFIX",

@@ -8,10 +8,6 @@ here once. Values are kumahq/kuma v2.14.3's `pkg/core/xds/types/features.go`.
 
 from __future__ import annotations
 
-import logging
-
-log = logging.getLogger(__name__)
-
 #: Envoy's TCP access logs go to the agent over a named pipe (always announced).
 FEATURE_TCP_ACCESSLOG_VIA_NAMED_PIPE = "feature-tcp-accesslog-via-named-pipe"
 #: OpenTelemetry signals go through the agent (`otel_pipe_enabled`).

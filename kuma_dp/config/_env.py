@@ -37,17 +37,28 @@ def _parse(s: Setting, raw: str) -> Any:
         raise EnvError(f"invalid value {shown} in environment variable {s.env}: {reason}") from None
 
 
+#: What `_read` returns for a variable that is unset, or set but empty where emptiness means "not given".
+_UNSET: Any = object()
+
+
+def _read(s: Setting, environ: Mapping[str, str]) -> Any:
+    """The setting's value from `environ`, or `_UNSET`; EnvError names the variable of a bad value."""
+    if not s.env or s.env not in environ:
+        return _UNSET
+    raw = environ[s.env]
+    if raw == "" and s.skip_empty:
+        return _UNSET
+    return _parse(s, raw)
+
+
 def apply_env(
     cfg: RunConfig, environ: Mapping[str, str], settings: Iterable[Setting] = SETTINGS
 ) -> RunConfig:
     """Override `cfg` in place with every set variable of the table; EnvError names the bad variable."""
     for s in settings:
-        if not s.env or s.env not in environ:
-            continue
-        raw = environ[s.env]
-        if raw == "" and s.skip_empty:
-            continue
-        set_path(cfg, s.path, _parse(s, raw))
+        value = _read(s, environ)
+        if value is not _UNSET:
+            set_path(cfg, s.path, value)
     return cfg
 
 
@@ -57,7 +68,5 @@ def env_value(path: str, environ: Mapping[str, str]) -> Any:
     `kuma-dp dns` uses it for the DNS settings it shares with `kuma-dp run`.
     """
     (s,) = [s for s in SETTINGS if s.path == path]
-    raw = environ.get(s.env) if s.env else None
-    if raw is None or (raw == "" and s.skip_empty):
-        return s.default
-    return _parse(s, raw)
+    value = _read(s, environ)
+    return s.default if value is _UNSET else value

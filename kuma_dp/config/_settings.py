@@ -48,19 +48,12 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
 
 @dataclasses.dataclass(frozen=True)
 class _Declaration:
-    """What `setting()` records on a field; completed into a `Setting` once the field's type is known."""
+    """What `setting()` records on a field: the row's own keyword arguments, and the parts that default from
+    the field's type (resolved by `collect_settings`)."""
 
-    flags: tuple[str, ...]
-    env: str
-    help: str
-    hidden: bool
+    row: dict[str, Any]
     parse: Callable[[str], Any] | None
     kind: str
-    minimum: int | None
-    maximum: int | None
-    choices: tuple[str, ...]
-    secret: bool
-    redact: str
     skip_empty: bool | None
 
 
@@ -142,18 +135,23 @@ def setting(
     the docs, and `skip_empty` overrides whether a set-but-empty variable is ignored (default: for every kind
     but `str`).
     """
+    # Everything but what the field itself supplies (path, type, default), kept as the keyword arguments of
+    # the `Setting` row `collect_settings` makes; `parse`, `kind` and `skip_empty` may still depend on the
+    # field's type, so they stay apart until then.
     decl = _Declaration(
-        flags=tuple(f for f in (flag, alias) if f),
-        env=env,
-        help=help,
-        hidden=hidden,
+        row={
+            "flags": tuple(f for f in (flag, alias) if f),
+            "env": env,
+            "help": help,
+            "hidden": hidden,
+            "minimum": minimum,
+            "maximum": maximum,
+            "choices": choices,
+            "secret": secret,
+            "redact": redact,
+        },
         parse=parse,
         kind=kind,
-        minimum=minimum,
-        maximum=maximum,
-        choices=choices,
-        secret=secret,
-        redact=redact,
         skip_empty=skip_empty,
     )
     metadata = {_META: decl}
@@ -177,7 +175,7 @@ def _row(path: str, tp: Any, fld: dataclasses.Field[Any], decl: _Declaration) ->
     type_kind = _kind_of(tp)
     parse = decl.parse or _PARSERS.get(type_kind)
     if parse is None:
-        if decl.env:
+        if decl.row["env"]:
             raise TypeError(f"setting {path}: a {type_kind} field needs an explicit parser for its variable")
         parse = _text  # never called: nothing but a flag reaches this setting
     default = fld.default_factory() if fld.default_factory is not dataclasses.MISSING else fld.default
@@ -185,17 +183,9 @@ def _row(path: str, tp: Any, fld: dataclasses.Field[Any], decl: _Declaration) ->
         path=path,
         kind=decl.kind or type_kind,
         default=default,
-        help=decl.help,
-        flags=decl.flags,
-        env=decl.env,
         parse=parse,
-        hidden=decl.hidden,
-        minimum=decl.minimum,
-        maximum=decl.maximum,
-        choices=decl.choices,
-        secret=decl.secret,
-        redact=decl.redact,
         skip_empty=type_kind != "str" if decl.skip_empty is None else decl.skip_empty,
+        **decl.row,
     )
 
 

@@ -9,13 +9,10 @@ drift apart.
 
 from __future__ import annotations
 
-import logging
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-log = logging.getLogger(__name__)
 
 __all__ = ["ServerTLS", "TLSFiles", "load_server_tls"]
 

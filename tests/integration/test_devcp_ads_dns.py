@@ -19,9 +19,8 @@ from kuma_dp_dev.harness.localmesh import (
     ads_bootstrap,
     dynconf_get,
 )
-from kuma_dp_dev.harness.poll import wait_until
+from kuma_dp_dev.harness.poll import wait_until, wait_until_async
 from kuma_dp_dev.harness.ports import free_port
-from tests.helpers.poll import wait_until_async
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 

@@ -17,7 +17,7 @@ from google.protobuf import struct_pb2
 from kuma_dp_dev.devcp import xds
 from kuma_dp_dev.devcp.ads import AdsServer, proxy_from_node
 from kuma_dp_dev.devcp.state import Store, parse_dataplane
-from tests.helpers.poll import wait_until_async
+from kuma_dp_dev.harness.poll import wait_until_async
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

@@ -17,9 +17,9 @@ from kuma_dp.agent import AgentContext, run_agent
 from kuma_dp.component import Component
 from kuma_dp.envoy import AdminAddress, http_request
 from kuma_dp_dev.harness.dnsmasq import free_udp_tcp_port
+from kuma_dp_dev.harness.poll import wait_until_async
 from kuma_dp_dev.harness.ports import free_port
 from kuma_dp_dev.harness.static_agent import agent_config, static_bootstrap
-from tests.helpers.poll import wait_until_async
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 

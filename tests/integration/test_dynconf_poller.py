@@ -26,9 +26,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from kuma_dns.component import DNSComponent
 from kuma_dp.dynconf import ConfigFetcher
 from kuma_dp.paths import dynconf_socket_path as socket_path
-from kuma_dp_dev.harness.poll import wait_until
+from kuma_dp_dev.harness.poll import wait_until, wait_until_async
 from kuma_dp_dev.harness.procs import stop
-from tests.helpers.poll import wait_until_async
 
 pytestmark = pytest.mark.integration
 

@@ -20,9 +20,9 @@ from kuma_dp.component import Component
 from kuma_dp.config import RunConfig, load_config
 from kuma_dp.metrics import agent_metrics
 from kuma_dp.paths import proxy_socket_path as socket_path
+from kuma_dp_dev.harness.poll import wait_until_async
 from kuma_dp_dev.harness.ports import free_port
 from kuma_dp_dev.harness.static_agent import agent_config
-from tests.helpers.poll import wait_until_async
 
 pytestmark = pytest.mark.integration
 

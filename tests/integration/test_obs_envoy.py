@@ -25,9 +25,9 @@ from kuma_dp.accesslog import AccessLogStreamer
 from kuma_dp.envoy._admin import AdminAddress, AdminClient
 from kuma_dp.metrics import AgentMetrics, MetricsHijacker, ScrapeTarget, StartupObserver
 from kuma_dp.paths import proxy_socket_path as socket_path
+from kuma_dp_dev.harness.poll import wait_until_async
 from kuma_dp_dev.harness.ports import free_port
 from kuma_dp_dev.harness.procs import stop
-from tests.helpers.poll import wait_until_async
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,8 @@ import pytest
 from kuma_dp.accesslog import AccessLogStreamer
 from kuma_dp.metrics import AgentMetrics
 from kuma_dp.sdnotify import SdNotifier, SystemdNotifier, watchdog_interval
+from kuma_dp_dev.harness.poll import wait_until_async
 from kuma_dp_dev.harness.ports import free_port
-from tests.helpers.poll import wait_until_async
 
 pytestmark = pytest.mark.integration
 
