@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -281,16 +282,95 @@ def save_text(exe: Executables) -> str:
     return proc.stdout
 
 
-def rollback(exe: Executables, before: dict[str, SavedTable]) -> None:
-    """Put the tables back as they were; tables that did not exist before only lose our lines."""
-    from iptables.state import restore_text, uninstall_transaction
+def drop_bare_tables(exe: Executables, names: Sequence[str]) -> list[str]:
+    """iptables-nft only: delete those of `names` that are now bare (no rules, built-in ACCEPT chains).
 
-    text = restore_text(before)
-    if text:
-        restore(exe, text, None, noflush=False)
-    leftover = uninstall_transaction({k: v for k, v in save(exe).items() if k not in before})
+    iptables-nft creates a table the first time a rule goes into it and has no command that deletes one, so
+    without this an install, rolled back or uninstalled, leaves e.g. an empty `raw` table that was not there
+    before. The table is deleted over nfnetlink (NFT_MSG_DELTABLE) right after a save shows it bare.
+    iptables-legacy tables cannot be deleted from user space; a bare one filters nothing. Returns the names
+    deleted.
+    """
+    if exe.mode != "nft" or not names:
+        return []
+    from iptables.state import is_bare
+
+    now = save(exe)
+    bare = [n for n in names if n in now and is_bare(now[n])]
+    if not bare:
+        return []
+    from pyroute2.nftables.main import NFTables  # heavy (0.5 s, 17 MB): only when there is a table to delete
+
+    family = socket.AF_INET if exe.family == 4 else socket.AF_INET6  # NFPROTO_IPV4 = 2, NFPROTO_IPV6 = 10
+    dropped = []
+    try:
+        with NFTables(nfgen_family=family) as nft:
+            for name in bare:
+                nft.table("del", name=name)
+                dropped.append(name)
+    except Exception as exc:  # netlink errors come as NetlinkError or OSError; both mean "left in place"
+        tables = ", ".join(bare)
+        raise BackendError(f"cannot delete the empty IPv{exe.family} table(s) {tables}: {exc}") from exc
+    return dropped
+
+
+def rollback(
+    exe: Executables, before: dict[str, SavedTable], text: str, cfg: TransparentProxyConfig | None
+) -> None:
+    """Put the tables `text` touched back as they were in `before`.
+
+    Tables that existed are restored whole (flush mode, only those tables); tables the transaction created
+    lose our lines and, with iptables-nft, are deleted again (`drop_bare_tables`).
+    """
+    from iptables.state import restore_text, tables_in, uninstall_transaction
+
+    touched = tables_in(text)
+    existing = {name: before[name] for name in touched if name in before}
+    if existing:
+        restore(exe, restore_text(existing), cfg, noflush=False)
+    created = [name for name in touched if name not in before]
+    now = save(exe)
+    leftover = uninstall_transaction({name: now[name] for name in created if name in now})
     if leftover:
-        restore(exe, leftover, None)
+        restore(exe, leftover, cfg)
+    drop_bare_tables(exe, created)
+
+
+def _undo(
+    attempted: Sequence[tuple[Executables, dict[str, SavedTable], str]], cfg: TransparentProxyConfig
+) -> list[str]:
+    """Roll back every family a failed apply touched; return what could not be put back (empty = all).
+
+    Every family is tried even when one fails, and each is checked against its save from before, so the
+    caller reports what is really there. A family whose restore failed atomically (iptables-nft commits a
+    whole input or nothing) is found unchanged and left alone, which also spares a broken binary a second run.
+    """
+    from iptables.state import differing_tables, is_ours, tables_in
+
+    problems = []
+    for exe, before, text in reversed(attempted):
+        legacy = exe.mode == "legacy"
+        touched = tables_in(text)
+        failure = ""
+        try:
+            if not differing_tables(before, save(exe), touched, bare_equals_absent=legacy):
+                continue
+            rollback(exe, before, text, cfg)
+        except BackendError as exc:
+            failure = f" (rollback failed: {exc})"
+        try:
+            after = save(exe)
+        except BackendError as exc:
+            problems.append(f"IPv{exe.family}: cannot read the rules back{failure}: {exc}")
+            continue
+        differ = differing_tables(before, after, touched, bare_equals_absent=legacy)
+        if differ:
+            ours = sum(1 for t in after.values() for r in t.rules if is_ours(r))
+            tables = ", ".join(differ)
+            problems.append(
+                f"IPv{exe.family} table(s) {tables} differ from before ({ours} rules of ours){failure}"
+            )
+    return problems
 
 
 def apply_transactions(
@@ -298,32 +378,36 @@ def apply_transactions(
     cfg: TransparentProxyConfig,
     *,
     sleep: float | None = None,
+    what: str = "install",
 ) -> int:
     """Apply each family's transaction; on failure roll every family back and retry (Kuma: 4 x 2 s).
 
-    Returns the number of attempts used.
+    Returns the number of attempts used. The error raised says what state the rules are in, checked, not
+    assumed: "left as they were" only when every family's save matches its save from before; otherwise which
+    tables still differ, and no further retry (a retry would start from a state nobody saved).
     """
     retries = cfg.retry.max_retries
     pause = cfg.retry.sleep_between_retries if sleep is None else sleep
     last: BackendError | None = None
     for attempt in range(retries + 1):
-        done: list[tuple[Executables, dict[str, SavedTable]]] = []
+        attempted: list[tuple[Executables, dict[str, SavedTable], str]] = []
         try:
             for exe, before, text in steps:
                 if not text:
                     continue
-                done.append((exe, before))
+                attempted.append((exe, before, text))
                 restore(exe, text, cfg)
             return attempt + 1
         except BackendError as exc:
             last = exc
-            for exe, before in reversed(done):
-                try:
-                    rollback(exe, before)
-                except BackendError as rb:
-                    raise BackendError(f"{exc}; ROLLBACK ALSO FAILED: {rb}") from exc
+            problems = _undo(attempted, cfg)
+            if problems:
+                raise BackendError(
+                    f"{exc}; ROLLBACK INCOMPLETE: {'; '.join(problems)}: run `kuma-dp transparent-proxy "
+                    "uninstall` (with the same --iptables-executables) to remove our rules"
+                ) from exc
             log.info("event=apply_failed attempt=%d error=%r", attempt + 1, str(exc))
             if attempt < retries:
                 time.sleep(pause)
     assert last is not None
-    raise last
+    raise BackendError(f"{last} (rules left as they were before this {what})")

@@ -112,14 +112,16 @@ def build(cfg: TransparentProxyConfig, facts: HostFacts, uid: int, family: int) 
     else:
         for iface in sorted(vnets):
             cidr = vnets[iface]
-            if cfg.dns.enabled:
-                nat.add(
-                    "PREROUTING",
-                    f"-i {iface} -p udp --dport 53 -j REDIRECT --to-ports {dns_port}",
-                    f"redirect DNS requests on interface {iface} to the kuma-dp DNS proxy "
-                    f"(listening on port {dns_port})",
-                    insert=True,
-                )
+            # Kuma adds this redirect whether or not DNS redirection is on, and spells the match explicitly
+            # (`addPreroutingRules` in builder_table_nat.go): a container on the virtual network asks the
+            # kuma-dp DNS proxy in every case.
+            nat.add(
+                "PREROUTING",
+                f"-i {iface} -m udp -p udp --dport 53 -j REDIRECT --to-ports {dns_port}",
+                f"redirect DNS requests on interface {iface} to the kuma-dp DNS proxy "
+                f"(listening on port {dns_port})",
+                insert=True,
+            )
             nat.add(
                 "PREROUTING",
                 f"! -d {cidr} -i {iface} -p tcp -j REDIRECT --to-ports {out_port}",
@@ -127,12 +129,12 @@ def build(cfg: TransparentProxyConfig, facts: HostFacts, uid: int, family: int) 
                 f"outbound passthrough port {out_port}",
                 insert=True,
             )
-        comment = (
-            "redirect remaining TCP traffic to our custom chain for processing"
-            if vnets
-            else "redirect inbound TCP traffic to our custom chain for processing"
+        nat.add(
+            "PREROUTING",
+            f"-p tcp -j {INBOUND}",
+            "redirect remaining TCP traffic to our custom chain for processing",
+            insert=True,
         )
-        nat.add("PREROUTING", f"-p tcp -j {INBOUND}", comment, insert=True)
 
     # ---- nat OUTPUT
     if cfg.log_enabled:
@@ -362,6 +364,9 @@ _LONG = {
     "-o": "--out-interface",
     "-j": "--jump",
     "-m": "--match",
+    # protocol.go: the tcp/udp (and multiport) port options have long forms too
+    "--dport": "--destination-port",
+    "--sport": "--source-port",
 }
 
 

@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,74 @@ from iptables import backend, builder, state
 from iptables import install as install_mod
 from iptables.config import ConfigError, TransparentProxyConfig, load_config
 from iptables.settings import SETTINGS, Setting, setting_for_flag
+from kuma_dp import goparse
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Boolean flags with Go's pflag semantics: `--x` is true, `--x=false` / `--x=true` / `--x=0` ... set it
+# explicitly (strconv.ParseBool's spellings); `--x false` is not a value (pflag leaves "false" as a stray
+# argument; click then rejects it, rather than silently reading `--x` as true). Kuma's injector passes
+# `--redirect-inbound=false` to gateway pods (`app/kumactl/cmd/install/install_transparent_proxy.go` declares
+# every boolean with `BoolVar`), so this is what `kumactl install transparent-proxy` accepts.
+
+
+class GoBool(click.ParamType):
+    """The value of a boolean flag, parsed as pflag's `boolValue.Set` does, with its error text."""
+
+    name = "bool"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> bool:
+        if isinstance(value, bool):
+            return value
+        try:
+            return goparse.parse_bool(str(value))
+        except ValueError as exc:
+            flag = param.opts[0] if isinstance(param, click.Option) else "?"
+            # pflag's "invalid argument %q for %q flag: %v", an error (exit 1), not a usage error
+            raise click.ClickException(f'invalid argument "{value}" for "{flag}" flag: {exc}') from None
+
+
+class GoBoolOption(click.Option):
+    """A boolean flag: its help shows `--x[=BOOL]`; `GoFlagsCommand` turns a bare `--x` into `--x=true`."""
+
+    def __init__(self, *args: Any, negatable: bool = False, **kwargs: Any) -> None:
+        kwargs.setdefault("default", None)
+        super().__init__(*args, type=GoBool(), metavar="[=BOOL]", **kwargs)
+        #: also take `--no-x` (our spelling before pflag's; kept working) as `--x=false`
+        self.negatable = negatable
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        record = super().get_help_record(ctx)
+        if record is None:
+            return None
+        names = f"{self.opts[0]}[=BOOL]" + (f", --no-{self.opts[0][2:]}" if self.negatable else "")
+        return names, record[1]
+
+
+class GoFlagsCommand(click.Command):
+    """A command whose `GoBoolOption`s parse as pflag booleans (see `GoBool`)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        bools = {o.opts[0]: o for o in self.params if isinstance(o, GoBoolOption)}
+        negated = {f"--no-{name[2:]}": name for name, o in bools.items() if o.negatable}
+        out: list[str] = []
+        for i, arg in enumerate(args):
+            if arg == "--":
+                out += args[i:]
+                break
+            if arg in bools:
+                arg += "=true"
+            elif arg in negated:
+                arg = negated[arg] + "=false"
+            out.append(arg)
+        return super().parse_args(ctx, out)
+
+
+def _bool_option(name: str, help_: str, *, negatable: bool = False, dest: str | None = None) -> Decorator:
+    decls = [name, dest] if dest else [name]
+    return click.option(*decls, cls=GoBoolOption, negatable=negatable, help=help_)
 
 
 def _default_note(s: Setting) -> str:
@@ -41,10 +107,8 @@ def _option(flag: str, help_: str | None = None) -> Decorator:
     assert s is not None, flag
     if help_ is None:
         help_ = s.help + _default_note(s) if flag == s.flags[0] else f"deprecated: use --{s.flags[0]}"
-    if s.shape == "flag":
-        return click.option(f"--{flag}", is_flag=True, default=None, help=help_)
-    if s.shape == "switch":
-        return click.option(f"--{flag}/--no-{flag}", default=None, help=help_)
+    if s.shape in ("flag", "switch"):
+        return _bool_option(f"--{flag}", help_, negatable=s.shape == "switch")
     if s.shape == "multi":
         return click.option(f"--{flag}", multiple=True, help=help_)
     return click.option(f"--{flag}", type=str, default=None, help=help_)
@@ -70,18 +134,13 @@ def _common_options(f: Callable[..., Any]) -> Callable[..., Any]:
         show_default=True,
         help="auto: iptables-nft or iptables-legacy, chosen as Kuma does; nft-native: one nftables table",
     )(f)
-    f = click.option("--verbose", is_flag=True, default=None, help="long option names and section comments")(
-        f
-    )
-    return f
+    return _bool_option("--verbose", "long option names and section comments")(f)
 
 
 def _install_command(f: Callable[..., Any]) -> Callable[..., Any]:
     """What `install` and `kuma-init` share: every setting's flag, `--config`, the common options, `--dry-run`."""  # noqa: E501
     f = click.pass_context(f)
-    f = click.option(
-        "--dry-run", is_flag=True, default=None, help="print the iptables-restore input, change nothing"
-    )(f)
+    f = _bool_option("--dry-run", "print the iptables-restore input, change nothing")(f)
     return _install_options(_common_options(f))
 
 
@@ -145,7 +204,7 @@ def transparent_proxy() -> None:
 def _install(ctx: click.Context, params: dict[str, Any]) -> None:
     _enter_netns(params)
     cfg = _load(ctx, params)
-    dry_run = bool(params.get("dry_run")) or cfg.dry_run
+    dry_run = cfg.dry_run  # --dry-run[=BOOL] is a setting too: the flag, else KUMA_TRANSPARENT_PROXY_DRY_RUN
     native = params.get("backend") == "nft-native"
     started = time.monotonic()
     prep = _prepare(cfg, dry_run=dry_run, native=native)
@@ -162,7 +221,7 @@ def _install(ctx: click.Context, params: dict[str, Any]) -> None:
     try:
         res = install_mod.install_native(prep) if native else install_mod.install(prep)
     except backend.BackendError as exc:
-        _fail(f"{exc} (rules left as they were before this install)")
+        _fail(str(exc))  # the backend's text says, checked, what state the rules are in
         return
     families = ",".join(f"ipv{f}" for f in res.families)
     click.echo(
@@ -172,21 +231,25 @@ def _install(ctx: click.Context, params: dict[str, Any]) -> None:
     )
 
 
-@transparent_proxy.command("install")
+@transparent_proxy.command("install", cls=GoFlagsCommand)
 @_install_command
 def install(ctx: click.Context, **params: Any) -> None:
     """Install the transparent proxy rules (same flags and config keys as `kumactl install transparent-proxy`)."""  # noqa: E501
     _install(ctx, params)
 
 
-@transparent_proxy.command("uninstall")
+@transparent_proxy.command("uninstall", cls=GoFlagsCommand)
 @_common_options
-@click.option("--dry-run", is_flag=True, default=None, help="print what would be removed, change nothing")
+@_bool_option("--dry-run", "print what would be removed, change nothing")
 @_option("iptables-executables", "name:path,... as for install")
 @_option("ebpf-enabled")
 @_option("ebpf-bpffs-path", "eBPF bpffs path (not supported here)")
 def uninstall(**params: Any) -> None:
-    """Remove exactly our chains and rules (KUMA_MESH* and kuma/mesh/transparent/proxy comments); keep the rest."""  # noqa: E501
+    """Remove exactly our chains and rules (KUMA_MESH*, kuma/mesh/transparent/proxy comments); keep the rest.
+
+    With iptables-nft, the tables our rules created and left empty are deleted too, so tables are left as
+    they were found before the install.
+    """
     _enter_netns(params)
     flags = (
         {"iptables-executables": params["iptables_executables"]} if params.get("iptables_executables") else {}
@@ -214,7 +277,7 @@ def uninstall(**params: Any) -> None:
             return
         install_mod.uninstall(cfg, os.environ)
     except backend.BackendError as exc:
-        _fail(f"{exc} (rules left as they were)")
+        _fail(str(exc))
     click.echo("transparent proxy uninstalled")
 
 
@@ -239,13 +302,11 @@ def canonical(exe: backend.Executables, ruleset: builder.Ruleset, *, comments: b
     return proc.stdout
 
 
-@transparent_proxy.command("plan")
+@transparent_proxy.command("plan", cls=GoFlagsCommand)
 @_install_options
 @_common_options
-@click.option(
-    "--diff", "show_diff", is_flag=True, help="show a unified diff of live vs desired rules of our chains"
-)
-@click.option("--json", "as_json", is_flag=True, help="machine-readable result")
+@_bool_option("--diff", "show a unified diff of live vs desired rules of our chains", dest="show_diff")
+@_bool_option("--json", "machine-readable result", dest="as_json")
 @click.pass_context
 def plan(ctx: click.Context, show_diff: bool, as_json: bool, **params: Any) -> None:
     """Compare the desired rules with the live ones: exit 0 when equal, 2 when they differ."""
@@ -284,7 +345,7 @@ def plan(ctx: click.Context, show_diff: bool, as_json: bool, **params: Any) -> N
     sys.exit(0 if all(p.equal for p in plans) else 2)
 
 
-@click.command("kuma-init", context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("kuma-init", cls=GoFlagsCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @_install_command
 def kuma_init(ctx: click.Context, **params: Any) -> None:
     """Init-container entry point: `kumactl install transparent-proxy` flags and KUMA_TRANSPARENT_PROXY_* env."""  # noqa: E501
@@ -295,4 +356,39 @@ def kuma_init_main() -> None:
     kuma_init(prog_name="kuma-init")
 
 
-__all__ = ["canonical", "install", "kuma_init_main", "plan", "transparent_proxy", "uninstall"]
+def _run(command: click.Command, argv: Sequence[str], prog_name: str) -> int:
+    try:
+        command.main(args=list(argv), prog_name=prog_name)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return 0
+
+
+def run_install(argv: Sequence[str], prog_name: str = "kumactl install transparent-proxy") -> int:
+    """`install` on `argv` (its flags, without the command words), as a console script runs it.
+
+    For entry points that spell the command differently (`kumactl install transparent-proxy ARGS` in
+    Kuma's init container): messages, usage and exit codes are exactly those of `kuma-dp transparent-proxy
+    install`. Returns the exit code instead of exiting.
+    """
+    return _run(install, argv, prog_name)
+
+
+def run_uninstall(argv: Sequence[str], prog_name: str = "kumactl uninstall transparent-proxy") -> int:
+    """`uninstall` on `argv`, as `run_install` does for install."""
+    return _run(uninstall, argv, prog_name)
+
+
+__all__ = [
+    "GoBool",
+    "GoBoolOption",
+    "GoFlagsCommand",
+    "canonical",
+    "install",
+    "kuma_init_main",
+    "plan",
+    "run_install",
+    "run_uninstall",
+    "transparent_proxy",
+    "uninstall",
+]

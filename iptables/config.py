@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-import yaml
-
 from iptables.settings import (
     ENV_PREFIX,
     SETTINGS,
@@ -239,6 +237,8 @@ def load_config(
         if not name or not name.strip():
             continue
         source, text = _read_source(name, stdin)
+        import yaml  # only when a config file is given: the init container's start-up does without it
+
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:

@@ -137,6 +137,10 @@ def install(prep: Prepared) -> InstallResult:
         exe, saved = det.family(rs.family)
         steps.append((exe, saved, state.install_transaction(saved, rs, comments=prep.facts.comments)))
     attempts = backend.apply_transactions(steps, prep.cfg)
+    for (exe, _, text), rs in zip(steps, prep.rulesets, strict=True):
+        # a reinstall without, say, DNS redirection empties our old `raw` rules: leave no bare table behind
+        emptied = [name for name in state.tables_in(text) if rs.table(name) is None]
+        backend.drop_bare_tables(exe, emptied)
     return _installed(prep, det.v4.mode, attempts, started)
 
 
@@ -161,9 +165,14 @@ def uninstall_plan(
 
 
 def uninstall(cfg: TransparentProxyConfig, env: Mapping[str, str]) -> None:
+    """Remove our lines; with iptables-nft also the tables they leave bare, so tables are left as found."""
     if os.geteuid() != 0:
         raise BackendError("uninstalling the transparent proxy needs root (CAP_NET_ADMIN): run as root")
-    backend.apply_transactions(uninstall_plan(cfg, env), cfg, sleep=0.2)
+    steps = uninstall_plan(cfg, env)
+    backend.apply_transactions(steps, cfg, sleep=0.2, what="uninstall")
+    for exe, _, text in steps:
+        if text:
+            backend.drop_bare_tables(exe, state.tables_in(text))
 
 
 def install_native(prep: Prepared) -> InstallResult:
@@ -184,7 +193,8 @@ def install_native(prep: Prepared) -> InstallResult:
             break
         except nftables.NftError as exc:
             if attempt == cfg.retry.max_retries:
-                raise BackendError(str(exc)) from exc
+                # `nft -f` commits the whole input or nothing
+                raise BackendError(f"{exc} (rules left as they were before this install)") from exc
             time.sleep(cfg.retry.sleep_between_retries)
     return _installed(prep, "nft-native", attempts, started)
 

@@ -11,8 +11,7 @@ ruleset.
 
 from __future__ import annotations
 
-import difflib
-import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from iptables.builder import BUILTIN_ORDER, CHAIN_PREFIX, COMMENT_PREFIX, TABLE_ORDER, Ruleset, render_table
@@ -127,6 +126,54 @@ def restore_text(saved: dict[str, SavedTable]) -> str:
     return "\n".join(blocks) + "\n" if blocks else ""
 
 
+def is_bare(t: SavedTable) -> bool:
+    """Only built-in chains, each with policy ACCEPT, and no rules: a table that filters and rewrites nothing.
+
+    iptables-nft creates such a table the first time a rule goes into it and never removes it again, so a
+    bare table after our rules are gone is one our install created (see `backend.drop_bare_tables`).
+    """
+    return not t.rules and all(
+        c[1:].split()[0] in BUILTIN_ORDER and c.split()[1] == "ACCEPT" for c in t.chains
+    )
+
+
+def tables_in(text: str) -> list[str]:
+    """The tables a restore input touches (`*nat` ... `COMMIT` blocks), in order."""
+    return [line[1:].strip() for line in text.splitlines() if line.startswith("*")]
+
+
+def _content(t: SavedTable) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A table's chains (policy kept, packet counters dropped) and rules: what must match after a rollback."""
+    return tuple(" ".join(c.split()[:2]) for c in t.chains), tuple(t.rules)
+
+
+def differing_tables(
+    before: dict[str, SavedTable],
+    after: dict[str, SavedTable],
+    names: Iterable[str],
+    *,
+    bare_equals_absent: bool,
+) -> list[str]:
+    """Those of the tables `names` whose content differs between two saves (counters ignored).
+
+    Only the tables a transaction touched are compared: the others are not ours to vouch for (another
+    agent may change `filter` meanwhile). `bare_equals_absent` is for iptables-legacy, whose tables, once a
+    network namespace has used them, exist until the namespace goes away: there a bare table and no table
+    filter the same (nothing).
+    """
+    out = []
+    for name in sorted(set(names)):
+        if name not in before and name not in after:
+            continue
+        b, a = before.get(name), after.get(name)
+        if b is not None and a is not None:
+            if _content(b) != _content(a):
+                out.append(name)
+        elif not (bare_equals_absent and is_bare(b or a)):  # type: ignore[arg-type]
+            out.append(name)
+    return out
+
+
 def our_lines(saved: dict[str, SavedTable]) -> list[str]:
     """Our part of a save, in a stable order for diffs: `table: line` (counters stripped)."""
     out = []
@@ -155,6 +202,8 @@ class Plan:
         return self.desired == self.live
 
     def diff(self) -> str:
+        import difflib  # `plan --diff` only; install and kuma-init do without it
+
         return "".join(
             difflib.unified_diff(
                 [x + "\n" for x in self.live],
@@ -176,6 +225,8 @@ class Plan:
 
 
 def plans_json(plans: list[Plan]) -> str:
+    import json  # `plan --json` only; install and kuma-init do without it
+
     return json.dumps(
         {"equal": all(p.equal for p in plans), "families": [p.to_json() for p in plans]}, indent=2
     )

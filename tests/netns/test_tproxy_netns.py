@@ -618,3 +618,126 @@ def test_native_nftables_install_is_idempotent_and_uninstall_exact(pod: Pod) -> 
     assert sh("ip", "netns", "exec", pod.ns, "nft", "list", "table", "inet", "kuma_mesh").stdout == once
     assert pod.kuma("uninstall", "--backend", "nft-native").returncode == 0
     assert sh("ip", "netns", "exec", pod.ns, "nft", "list", "ruleset").stdout == before
+
+
+def failing_wrapper(tmp_path: Path, name: str, real: str, *, succeed_first: bool = False) -> str:
+    """An `*-restore` stand-in that fails like a broken binary would (exit 1, a message on stderr).
+
+    With `succeed_first` it runs the real binary once, then fails: an install that applies this family and
+    a rollback that then cannot restore it.
+    """
+    script = tmp_path / name
+    marker = tmp_path / f"{name}.used"
+    body = f"echo '{name}: simulated failure' >&2\nexit 1\n"
+    if succeed_first:
+        body = f'if [ ! -e {marker} ]; then : > {marker}; exec {real} "$@"; fi\n' + body
+    script.write_text("#!/bin/sh\n" + body)
+    script.chmod(0o755)
+    return str(script)
+
+
+def executables_with(backend: str, **override: str) -> str:
+    """`executables(backend)` with some paths replaced (`ip6tables_restore="/tmp/x"`)."""
+    parts = dict(p.split(":", 1) for p in executables(backend).split(","))
+    parts.update({k.replace("_", "-"): v for k, v in override.items()})
+    return ",".join(f"{k}:{v}" for k, v in parts.items())
+
+
+def without_bare(save: str) -> str:
+    """A save without its tables that hold only built-in ACCEPT chains and no rules."""
+    return re.sub(r"(?m)^\*\w+\n(?::[A-Z]+ ACCEPT \[0:0\]\n)+COMMIT(?:\n|$)", "", save + "\n").strip()
+
+
+def nft_ruleset(pod: Pod) -> str:
+    return sh("ip", "netns", "exec", pod.ns, "nft", "list", "ruleset").stdout
+
+
+@pytest.mark.parametrize("backend", ["nft", "legacy"])
+def test_ipv6_restore_failure_rolls_back_ipv4_too(pod: Pod, tmp_path: Path, backend: str) -> None:
+    """A dual-stack install whose ip6tables-restore fails leaves both families (and nft's tables) as found."""
+    v4, v6 = BACKENDS[backend]
+    # a rule of the user's in each family, so the IPv6 rollback has tables to put back
+    for binary in (v4, v6):
+        sh("ip", "netns", "exec", pod.ns, binary, "-A", "INPUT", "-p", "tcp", "--dport", "9", "-j", "ACCEPT")
+    before, tables = all_saves(pod, backend), nft_ruleset(pod)
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text(f"nameserver {pod.remote_ip}\nnameserver {pod.remote_ip6}\n")
+    real = shutil.which(f"{v6}-restore") or f"/usr/sbin/{v6}-restore"
+    exe = executables_with(backend, ip6tables_restore=failing_wrapper(tmp_path, "ip6-restore", real))
+    r = pod.kuma(
+        "install", "--kuma-dp-user", str(PROXY_UID), "--iptables-executables", exe, "--max-retries", "1",
+        "--sleep-between-retries", "10ms", "--redirect-dns",
+        env={"KUMA_TRANSPARENT_PROXY_REDIRECT_DNS_RESOLV_CONFIG_PATH": str(resolv)},
+    )  # fmt: skip
+    assert r.returncode == 1
+    assert r.stderr.startswith("Error: ") and r.stderr.count("\n") == 1, r.stderr
+    assert "ip6-restore: simulated failure" in r.stderr
+    assert r.stderr.rstrip().endswith("(rules left as they were before this install)"), r.stderr
+    if backend == "legacy":  # a legacy table, once used in a namespace, stays: compare without bare ones
+        assert {k: without_bare(v) for k, v in all_saves(pod, backend).items()} == {
+            k: without_bare(v) for k, v in before.items()
+        }
+    else:
+        assert all_saves(pod, backend) == before, "both families must be back as they were"
+    if backend == "nft":
+        assert nft_ruleset(pod) == tables, "no table created by the failed install may remain"
+
+
+def test_rollback_that_fails_says_so(pod: Pod, tmp_path: Path) -> None:
+    """When the IPv4 rollback itself fails, the error says which rules remain, never "left as they were"."""
+    real4 = shutil.which("iptables-nft-restore") or "/usr/sbin/iptables-nft-restore"
+    real6 = shutil.which("ip6tables-nft-restore") or "/usr/sbin/ip6tables-nft-restore"
+    exe = executables_with(
+        "nft",
+        iptables_restore=failing_wrapper(tmp_path, "ip4-restore", real4, succeed_first=True),
+        ip6tables_restore=failing_wrapper(tmp_path, "ip6-restore", real6),
+    )
+    r = pod.kuma("install", "--kuma-dp-user", str(PROXY_UID), "--iptables-executables", exe)
+    assert r.returncode == 1
+    assert r.stderr.count("\n") == 1, r.stderr
+    assert "left as they were" not in r.stderr
+    assert "ROLLBACK INCOMPLETE: IPv4" in r.stderr and "nat" in r.stderr, r.stderr
+    assert "kuma-dp transparent-proxy uninstall" in r.stderr
+    assert "KUMA_MESH_OUTBOUND" in pod.save("iptables-nft-save"), "the message must match what is there"
+    # and the advice works
+    assert pod.kuma("uninstall", "--iptables-executables", executables("nft")).returncode == 0
+    assert "KUMA_MESH" not in pod.save("iptables-nft-save")
+
+
+def test_uninstall_leaves_tables_as_found(pod: Pod, tmp_path: Path) -> None:
+    """Install with DNS redirection (rules in raw and nat), uninstall: the nft ruleset is as it was.
+
+    iptables-nft creates `raw` and `nat` on the first rule and never deletes them; uninstall must. (With
+    iptables-legacy a table, once used in a namespace, lives as long as it: a bare table is what is left.)
+    """
+    if not shutil.which("nft"):
+        pytest.skip("nft not installed (nftables package)")
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text(f"nameserver {pod.remote_ip}\nnameserver {pod.remote_ip6}\n")
+    before, saves = nft_ruleset(pod), all_saves(pod, "nft")
+    r = pod.kuma(
+        "install", "--kuma-dp-user", str(PROXY_UID), "--iptables-executables", executables("nft"),
+        "--redirect-dns", env={"KUMA_TRANSPARENT_PROXY_REDIRECT_DNS_RESOLV_CONFIG_PATH": str(resolv)},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "table ip raw" in nft_ruleset(pod) and "table ip6 raw" in nft_ruleset(pod)
+    r = pod.kuma("uninstall", "--iptables-executables", executables("nft"))
+    assert r.returncode == 0, r.stderr
+    assert nft_ruleset(pod) == before
+    assert all_saves(pod, "nft") == saves
+
+
+@pytest.mark.conformance
+def test_vnet_dns_redirect_without_dns_redirection(pod: Pod, conformance_dir: Path) -> None:
+    """`--vnet` alone: the kernel takes Kuma's per-interface UDP/53 redirect and saves it as Kuma's golden
+    shows it (the line of `debian-12-with-multiple-flags`, where DNS capture is also on)."""
+    r = pod.kuma(
+        "install", "--kuma-dp-user", str(PROXY_UID), "--iptables-executables", executables("nft"),
+        "--ip-family-mode", "ipv4", "--vnet", "docker0:172.17.0.0/16",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    golden = (conformance_dir / "tproxy" / "debian-12-with-multiple-flags.iptables-nft.golden").read_text()
+    (expected,) = [ln for ln in golden.splitlines() if "DNS requests on interface docker0" in ln]
+    save = normalise(pod.save("iptables-nft-save"))
+    assert expected in save.splitlines()
+    assert "--dport 53 -j REDIRECT" not in save.replace(expected, ""), "no other DNS redirect without DNS on"

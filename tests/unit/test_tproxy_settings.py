@@ -97,9 +97,9 @@ def test_click_options_follow_the_table(command: click.Command) -> None:
             continue  # --dry-run and --verbose: each command declares its own, with its own help
         for flag in s.flags:
             option = options[f"--{flag}"]
-            assert option.is_flag == (s.shape in ("flag", "switch")), flag
+            assert isinstance(option, cli.GoBoolOption) == (s.shape in ("flag", "switch")), flag
             assert option.multiple == (s.shape == "multi"), flag
-            assert option.secondary_opts == ([f"--no-{flag}"] if s.shape == "switch" else []), flag
+            assert getattr(option, "negatable", False) == (s.shape == "switch"), flag
             assert option.help and (option.help.startswith(s.help) or flag != s.flags[0]), flag
 
 

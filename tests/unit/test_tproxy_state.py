@@ -10,11 +10,14 @@ from iptables.builder import HostFacts, build
 from iptables.config import load_config
 from iptables.state import (
     Plan,
+    differing_tables,
     foreign_chains,
     install_transaction,
+    is_bare,
     our_lines,
     parse_save,
     restore_text,
+    tables_in,
     uninstall_transaction,
 )
 
@@ -101,3 +104,27 @@ def test_plan_diff_and_json() -> None:
     assert j["missing"] == ["nat: -A KUMA_MESH_OUTBOUND -j KUMA_MESH_OUTBOUND_REDIRECT"]
     assert len(j["unexpected"]) == 1 and "CT --zone 2" in j["unexpected"][0]  # type: ignore[index]
     assert Plan(4, live, list(live)).equal
+
+
+BARE_RAW = "*raw\n:PREROUTING ACCEPT [12:840]\n:OUTPUT ACCEPT [3:180]\nCOMMIT\n"
+
+
+def test_bare_tables_and_the_tables_a_transaction_touches() -> None:
+    """What rollback and uninstall compare and what they may delete (see backend.drop_bare_tables)."""
+    assert is_bare(parse_save(BARE_RAW)["raw"])
+    assert not is_bare(parse_save(BARE_RAW.replace("OUTPUT ACCEPT", "OUTPUT DROP"))["raw"])
+    assert not is_bare(parse_save(LIVE)["raw"]) and not is_bare(parse_save(LIVE)["nat"])
+    assert tables_in(uninstall_transaction(parse_save(LIVE))) == ["nat", "raw"]
+
+
+def test_differing_tables_ignores_counters_and_untouched_tables() -> None:
+    before = parse_save(LIVE)
+    counted = parse_save(LIVE.replace("[3:180]", "[99:9000]"))
+    assert differing_tables(before, counted, ["nat", "raw"], bare_equals_absent=False) == []
+    changed = parse_save(LIVE.replace("-A OUTPUT -p tcp --dport 53 -j ACCEPT\n", ""))
+    assert differing_tables(before, changed, ["nat", "raw"], bare_equals_absent=False) == ["raw"]
+    assert differing_tables(before, changed, ["nat"], bare_equals_absent=False) == []
+    # a table that appeared: a difference, unless bare under iptables-legacy (which cannot delete it)
+    grown = {**before, **parse_save(BARE_RAW.replace("raw", "mangle"))}
+    assert differing_tables(before, grown, ["mangle"], bare_equals_absent=False) == ["mangle"]
+    assert differing_tables(before, grown, ["mangle"], bare_equals_absent=True) == []
