@@ -27,6 +27,11 @@ RCODE_SERVFAIL = 2
 RCODE_NXDOMAIN = 3
 RCODE_NOTIMP = 4
 RCODE_REFUSED = 5
+#: Extended rcode (RFC 6891 §6.1.3): 4 bits in the header, the upper 8 in the OPT record's TTL.
+RCODE_BADVERS = 16
+QTYPE_CNAME = 5
+QTYPE_NS = 2
+QTYPE_PTR = 12
 
 #: The UDP limit without EDNS0 (RFC 1035) and the EDNS0 size we offer (DNS flag day 2020).
 CLASSIC_UDP_SIZE = 512
@@ -120,6 +125,7 @@ class QueryInfo:
     edns: bool  # client sent an OPT record
     udp_size: int  # the client's UDP limit: 512 without EDNS0, else max(512, advertised)
     do_bit: bool
+    edns_version: int = 0  # the OPT's VERSION; anything but 0 is answered BADVERS (RFC 6891 §6.1.3)
 
 
 def parse_query(buf: bytes) -> QueryInfo | None:
@@ -136,6 +142,7 @@ def parse_query(buf: bytes) -> QueryInfo | None:
     edns = False
     udp_size = CLASSIC_UDP_SIZE
     do_bit = False
+    version = 0
     off = qend
     # Walk answer/authority/additional to find the OPT; malformed sections make the query unusable.
     for i in range(an + ns + ar):
@@ -144,14 +151,17 @@ def parse_query(buf: bytes) -> QueryInfo | None:
             return None
         rtype, rclass, ttl, rdlen = struct.unpack_from("!HHIH", buf, off)
         if rtype == QTYPE_OPT and i >= an + ns:
+            if edns:
+                return None  # more than one OPT: FORMERR (RFC 6891 §6.1.1)
             edns = True
             udp_size = max(CLASSIC_UDP_SIZE, rclass)
             do_bit = bool(ttl & 0x8000)
+            version = (ttl >> 16) & 0xFF
         off += 10 + rdlen
         if off > len(buf):
             return None
     key = buf[12 : qend - 4].lower() + buf[qend - 4 : qend] + (b"\x01" if do_bit else b"\x00")
-    return QueryInfo(qid, flags, qend, key, qtype, edns, udp_size, do_bit)
+    return QueryInfo(qid, flags, qend, key, qtype, edns, udp_size, do_bit, version)
 
 
 def rr_ttl_offsets(buf: bytes) -> tuple[list[int], int] | None:
@@ -232,9 +242,15 @@ def strip_additional_opt(buf: bytes) -> bytes:
     return bytes(out)
 
 
-def opt_record(udp_size: int = EDNS_UDP_SIZE) -> bytes:
-    """A minimal EDNS0 OPT pseudo-RR (root owner, version 0, no options)."""
-    return b"\x00" + struct.pack("!HHIH", QTYPE_OPT, udp_size, 0, 0)
+def opt_record(udp_size: int = EDNS_UDP_SIZE, do: bool = False, ext_rcode: int = 0) -> bytes:
+    """A minimal EDNS0 OPT pseudo-RR (root owner, version 0, no options); `do` is the query's DO bit, which
+    RFC 3225 §3 says a response copies; `ext_rcode` the upper 8 bits of an extended rcode (BADVERS = 1)."""
+    return b"\x00" + struct.pack("!HHIH", QTYPE_OPT, udp_size, (ext_rcode << 24) | (0x8000 if do else 0), 0)
+
+
+#: The OPT of a local answer to a query with DO set (RFC 3225: the bit is copied into the response).
+OPT_DO = opt_record(do=True)
+OPT_LEN = len(OPT_DO)
 
 
 def add_opt(query: bytes, udp_size: int = EDNS_UDP_SIZE) -> bytes:
@@ -243,8 +259,11 @@ def add_opt(query: bytes, udp_size: int = EDNS_UDP_SIZE) -> bytes:
     return query[:10] + U16.pack(ar + 1) + query[12:] + opt_record(udp_size)
 
 
-def error_response(query: bytes, rcode: int, qend: int, edns: bool) -> bytes:
-    """A header-plus-question reply with `rcode` (RD and CD copied, RA set); question echoed if parseable."""
+def error_response(query: bytes, rcode: int, qend: int, edns: bool, do: bool = False) -> bytes:
+    """A header-plus-question reply with `rcode` (RD and CD copied, RA set); question echoed if parseable.
+
+    An extended rcode (> 15, e.g. BADVERS) puts its upper bits in the OPT, so it needs `edns`.
+    """
     qid = query[0:2]
     flags = (0x8000 | (U16.unpack_from(query, 2)[0] & 0x7910) | 0x0080 | (rcode & 0xF)) & 0xFFFF
     if qend > 0:
@@ -253,11 +272,11 @@ def error_response(query: bytes, rcode: int, qend: int, edns: bool) -> bytes:
     else:
         body = b""
         qd = 0
-    tail = opt_record() if edns else b""
+    tail = opt_record(do=do, ext_rcode=rcode >> 4) if edns else b""
     return qid + U16.pack(flags) + struct.pack("!HHHH", qd, 0, 0, 1 if edns else 0) + body + tail
 
 
-def truncate_for_udp(resp: bytes, qend: int, limit: int, edns: bool) -> bytes:
+def truncate_for_udp(resp: bytes, qend: int, limit: int, edns: bool, do: bool = False) -> bytes:
     """Fit a response into the client's UDP limit: if too big, header + question with TC set (RFC 2181 §9).
 
     The client retries over TCP and gets everything; a half RRset would be worse than none.
@@ -265,7 +284,109 @@ def truncate_for_udp(resp: bytes, qend: int, limit: int, edns: bool) -> bytes:
     if len(resp) <= limit:
         return resp
     flags = U16.unpack_from(resp, 2)[0] | 0x0200
-    tail = opt_record() if edns else b""
+    tail = opt_record(do=do) if edns else b""
     return (
         resp[0:2] + U16.pack(flags) + struct.pack("!HHHH", 1, 0, 0, 1 if edns else 0) + resp[12:qend] + tail
     )
+
+
+def _name_end(buf: bytes, off: int) -> int:
+    """Offset just past the name at `off`, checking it the way a strict client parser does: labels inside the
+    message, compression pointers only backwards to a name that ends before the one pointing at it (so they
+    cannot loop, and a parser that resumes at the furthest byte read agrees), at most 255 bytes expanded.
+    -1 when any of that fails."""
+    bound = len(buf)  # bytes of the current run must lie before this
+    end = -1
+    limit = off  # a pointer must target bytes before the run it ends
+    total = 0
+    pos = off
+    while True:
+        if pos >= bound:
+            return -1
+        c = buf[pos]
+        if c == 0:
+            return end if end >= 0 else pos + 1
+        if c & 0xC0 == 0xC0:
+            if pos + 1 >= bound:
+                return -1
+            target = ((c & 0x3F) << 8) | buf[pos + 1]
+            if end < 0:
+                end = pos + 2
+            if target >= limit or target < 12:
+                return -1
+            bound = limit
+            limit = pos = target
+            continue
+        if c & 0xC0:
+            return -1  # the reserved 01/10 label types
+        total += c + 1
+        if total > 254:
+            return -1
+        pos += 1 + c
+
+
+def valid_response(buf: bytes) -> bool:
+    """Whether an upstream reply parses completely: a response, every name and RR inside the message, A and
+    AAAA data of their exact sizes, names in NS/CNAME/PTR data valid, at most one OPT (in the additional
+    section, root owner), nothing after the last record. A reply that fails is not relayed: a client's
+    parser (glibc, dnspython, Go) would reject it too, and caching it would serve the garbage for its TTL.
+    """
+    n = len(buf)
+    if n < 12:
+        return False
+    _, flags, qd, an, ns, ar = HEADER.unpack_from(buf)
+    if not flags & 0x8000:
+        return False
+    off = 12
+    for _ in range(qd):
+        off = _name_end(buf, off)
+        if off < 0 or off + 4 > n:
+            return False
+        off += 4
+    opts = 0
+    for i in range(an + ns + ar):
+        start = off
+        off = _name_end(buf, off)
+        if off < 0 or off + 10 > n:
+            return False
+        rtype, rclass, _, rdlen = struct.unpack_from("!HHIH", buf, off)
+        off += 10
+        if off + rdlen > n:
+            return False
+        if rtype == QTYPE_OPT:
+            opts += 1
+            if opts > 1 or i < an + ns or buf[start] != 0:
+                return False
+        elif not _rdata_ok(buf, off, rtype, rclass, rdlen):
+            return False
+        off += rdlen
+    return off == n
+
+
+#: Types whose data `valid_response` checks (the others are relayed as opaque bytes, as a client that does
+#: not know them would treat them).
+CHECKED_TYPES = frozenset({1, 2, 5, 6, 12, 15, 16, 28, 33})
+
+
+def _rdata_ok(buf: bytes, off: int, rtype: int, rclass: int, rdlen: int) -> bool:
+    end = off + rdlen
+    if rtype == QTYPE_A:
+        return rdlen == 4 or rclass != CLASS_IN
+    if rtype == QTYPE_AAAA:
+        return rdlen == 16 or rclass != CLASS_IN
+    if rtype in (QTYPE_CNAME, QTYPE_NS, QTYPE_PTR):
+        return _name_end(buf, off) == end
+    if rtype == 15:  # MX: preference, exchange
+        return rdlen >= 3 and _name_end(buf, off + 2) == end
+    if rtype == 33:  # SRV: priority, weight, port, target
+        return rdlen >= 7 and _name_end(buf, off + 6) == end
+    if rtype == QTYPE_SOA:  # mname, rname, five 32-bit fields
+        rname = _name_end(buf, off)
+        return rname > 0 and _name_end(buf, rname) == end - 20
+    if rtype == 16:  # TXT: one or more length-prefixed strings filling the data exactly
+        if rdlen == 0:
+            return False
+        while off < end:
+            off += 1 + buf[off]
+        return off == end
+    return True

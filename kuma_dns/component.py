@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +23,7 @@ from kuma_dp.component import Component
 
 from .metrics import DNSMetrics
 from .server import DNSServer
-from .table import MeshTable, PayloadError, TableStore
+from .table import MeshTable, Payload, PayloadError, TableStore, dispose, read_table_file
 from .upstream import Address, Forwarder, read_resolv_conf
 
 if TYPE_CHECKING:
@@ -85,6 +85,7 @@ class DNSComponent(Component):
         self.metrics = DNSMetrics()
         self.metrics.entries = lambda: len(self.store.current.names)
         self.metrics.table_age = self.store.age
+        self.metrics.tables_rejected = lambda: self.store.rejected
         self._registry: CollectorRegistry | None = None
         if register_metrics:
             self._registry = registry if registry is not None else REGISTRY
@@ -97,6 +98,8 @@ class DNSComponent(Component):
         self._mmsg = mmsg
         self.records_file = Path(records_file) if records_file else None
         self.server: DNSServer | None = None
+        #: One table build at a time (dynconf, records file, persisted): each reuses the previous encodings.
+        self._build_lock = asyncio.Lock()
 
     # The API the config fetcher and in-process pushes use.
     @property
@@ -109,14 +112,35 @@ class DNSComponent(Component):
 
     async def update_async(self, payload: bytes | str | Mapping[str, Any], etag: str | None = None) -> bool:
         """`update` for the config fetcher: decoding, encoding and the fsync run in a worker thread, so a
-        10k-name map never stalls the answers being served meanwhile; the swap itself happens on the loop.
+        100k-name map never stalls the answers being served meanwhile; the swap itself happens on the loop.
         """
-        source = "dynconf" if etag else "push"
-        parsed, table = await asyncio.to_thread(self.store.prepare, payload)
-        changed = self.store.commit(parsed, table, etag, source, persist=False)
-        if changed:
-            await asyncio.to_thread(self.store.persist, parsed, etag, self.store.clock())
-        return changed
+        return await self._install(
+            lambda: self.store.prepare(payload), etag, "dynconf" if etag else "push", persist=True
+        )
+
+    async def _install(
+        self,
+        produce: Callable[[], tuple[Payload, MeshTable]],
+        etag: str | None,
+        source: str,
+        persist: bool,
+    ) -> bool:
+        """Build off the loop, swap on it (one assignment), persist and free the loser off it again.
+
+        The table that lost (the old one, or the new one when nothing changed) and the decoded payload are
+        freed in a worker thread piece by piece (`table.dispose`): dropped here, freeing a 100k-name table
+        would hold the loop for a tenth of a second or more.
+        """
+        async with self._build_lock:
+            parsed, table = await asyncio.to_thread(produce)
+            old = self.store.current
+            changed = self.store.commit(parsed, table, etag, source, persist=False)
+            if changed and persist and self.store.persist_path is not None:
+                await asyncio.to_thread(self.store.persist, parsed, etag, self.store.clock())
+            junk: list[Any] = [parsed, old if changed else table]
+            del parsed, old, table
+            await asyncio.to_thread(dispose, junk)
+            return changed
 
     def not_modified(self) -> None:
         self.store.confirm()
@@ -147,9 +171,12 @@ class DNSComponent(Component):
         the metrics unregistered in `finally`, also when the start fails (records file, port in use)."""
         try:
             if self.records_file is not None:
-                self._load_file(self.records_file, initial=True)
+                await self._load_file(self.records_file, initial=True)
             else:
-                self.store.load_persisted()
+                got = await asyncio.to_thread(self.store.read_persisted)
+                if got is not None:
+                    self.store.install_persisted(*got)
+                del got
             if self.store.current.loaded:
                 self.metrics.config_loaded(self.store.current.extra_labels)
             forwarder = Forwarder([], self.metrics, timeout=self._timeout, parallel=self._parallel)
@@ -158,6 +185,7 @@ class DNSComponent(Component):
             )
             await self.server.start()
             forwarder.upstreams = self._upstreams_without_self(self.server.port)
+            await forwarder.open_fallback()  # the families of the upstreams just set (IPv6 ones too)
             if not forwarder.upstreams:
                 log.warning("dns: no upstream nameservers: names outside the mesh get SERVFAIL")
             self.ready.set()
@@ -182,7 +210,7 @@ class DNSComponent(Component):
                 now = self._stat(self.records_file)
                 if now != last:
                     last = now
-                    self._load_file(self.records_file, initial=False)
+                    await self._load_file(self.records_file, initial=False)
 
     @staticmethod
     def _stat(path: Path) -> tuple[int, int, int] | None:
@@ -192,14 +220,23 @@ class DNSComponent(Component):
             return None
         return st.st_mtime_ns, st.st_size, st.st_ino
 
-    def _load_file(self, path: Path, initial: bool) -> None:
+    async def _load_file(self, path: Path, initial: bool) -> None:
+        """Read, decode and encode the records file in a worker thread; a FIFO, a device or a file over
+        MAX_TABLE_BYTES is refused (it would block or exhaust the agent), with one line per change seen."""
+
+        def produce() -> tuple[Payload, MeshTable]:
+            return self.store.prepare(read_table_file(path, private=False))
+
+        if not initial:
+            log.info("dns: records file %s changed: loading it off the event loop", path)
         try:
-            data = path.read_bytes()
-            self.store.update(data, source=f"file:{path}")
+            await self._install(produce, None, f"file:{path}", persist=True)
         except (OSError, PayloadError) as exc:
+            self.store.rejected += 1
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             if initial:
-                raise RecordsFileError(f"cannot load DNS records from {path}: {exc}") from exc
-            log.error("dns: keeping the current table: cannot load %s: %s", path, exc)
+                raise RecordsFileError(f"cannot load DNS records from {path}: {reason}") from exc
+            log.error("dns: keeping the current table: cannot load %s: %s", path, reason)
         else:
             self.store.confirm()
 

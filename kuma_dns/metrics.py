@@ -94,6 +94,12 @@ class DNSMetrics:
         self.cache_misses = 0
         self.stale_served = 0
         self.malformed = 0
+        self.malformed_replies = 0  # upstream replies that failed `_wire.valid_response`: SERVFAIL instead
+        self.tcp_refused = 0  # TCP connections closed at accept: per-source or total cap, nothing to evict
+        self.tcp_evicted = 0  # idle TCP connections closed to make room for a new one
+        self.accept_errors = 0  # accept(2) failures (EMFILE...): the listener backs off
+        #: Tables not loaded (a planted or unsafe file, a FIFO, too big, bad JSON): the store counts them.
+        self.tables_rejected: Callable[[], int] = lambda: 0
         self.entries: Callable[[], int] = lambda: 0
         self.table_age: Callable[[], float | None] = lambda: None
 
@@ -161,6 +167,23 @@ class DNSMetrics:
                 self.stale_served,
             ),
             ("kuma_dp_dns_malformed_queries", "Packets answered FORMERR or dropped", self.malformed),
+            (
+                "kuma_dp_dns_malformed_upstream_replies",
+                "Upstream replies that did not parse (SERVFAIL or the next server instead)",
+                self.malformed_replies,
+            ),
+            ("kuma_dp_dns_tcp_refused_connections", "TCP connections refused at a cap", self.tcp_refused),
+            (
+                "kuma_dp_dns_tcp_evicted_connections",
+                "Idle TCP connections closed for new ones",
+                self.tcp_evicted,
+            ),
+            ("kuma_dp_dns_accept_errors", "accept() failures such as EMFILE", self.accept_errors),
+            (
+                "kuma_dp_dns_tables_rejected",
+                "Tables refused: unsafe file, not a regular file, bad",
+                self.tables_rejected(),
+            ),
         ):
             c = CounterMetricFamily(name, doc, labels=keys)
             c.add_metric(vals, val)

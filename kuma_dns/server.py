@@ -12,22 +12,36 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
+import select
 import socket
 import struct
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from . import _mmsg
 from . import _wire as w
 from .metrics import RCODE_NAMES, DNSMetrics
 from .table import MESH_SUFFIX, Answer, MeshTable, TableStore, build_answer
-from .upstream import FLAG_BYTES, Forwarder
+from .upstream import FD_EXHAUSTED, FLAG_BYTES, Forwarder
 
 log = logging.getLogger(__name__)
 
 #: Outstanding slow-path (forwarded) UDP queries before new ones are dropped (dnsmasq's default is 150).
 MAX_PENDING = 2048
 MAX_TCP_CLIENTS = 256
+#: TCP connections one source address may hold. Past it (or past MAX_TCP_CLIENTS) the longest-idle
+#: connection (no query being answered) is closed to make room, as RFC 7766 §6.2.3 lets a server do: a client
+#: holding every slot open and silent cannot lock the others out. Nothing idle to close: the new one is.
+MAX_TCP_PER_SOURCE = 64
+#: Descriptors held back (on /dev/null) so a TCP client can still be accepted while something else in the
+#: process holds every other one; given back when that connection ends.
+FD_RESERVE = 2
+#: accept() back-off while it fails (EMFILE...): first and longest pause, seconds.
+ACCEPT_BACKOFF = (0.05, 2.0)
+#: Seconds between two warnings about the same recurring condition (accept failures, refused connections).
+LOG_EVERY = 60.0
 #: Batched recvmmsg/sendmmsg on Linux when the caller does not say. The agent and `kuma-dp dns` pass the
 #: `dns.mmsg` setting (KUMA_DNS_MMSG=0 turns it off, e.g. to compare in bench/dns); tests flip this default
 #: to cover the plain recvfrom path through components that do not pass it.
@@ -66,8 +80,11 @@ class DNSServer:
         store.listeners.append(self._on_table)
         self._pending: set[asyncio.Task[None]] = set()
         self._udp: list[_UDPReader] = []
-        self._tcp_servers: list[asyncio.Server] = []
-        self._tcp_clients = 0
+        self._tcp_listeners: list[_TCPListener] = []
+        self._conns: set[_TCPConn] = set()
+        self._per_source: dict[str, int] = {}
+        self._reserve = _FdReserve()
+        self._refused_warned_at: float | None = None
         self.bound: list[tuple[str, int]] = []
         self._multi_q_logged = False
 
@@ -125,9 +142,12 @@ class DNSServer:
         m = self.metrics
         if ans is not None:
             if edns:
-                if ans.fast_edns is None:
+                tail = ans.fast_edns
+                if tail is None:
                     return None
-                resp = b"".join((data[0:2], _FLAGS[data[2:4]], ans.counts_edns, data[12:qend], ans.fast_edns))
+                if data[qend + 7] & 0x80:  # DO: RFC 3225 §3 has the response copy it
+                    tail = tail[: -w.OPT_LEN] + w.OPT_DO
+                resp = b"".join((data[0:2], _FLAGS[data[2:4]], ans.counts_edns, data[12:qend], tail))
             else:
                 if ans.tail is None:
                     return None
@@ -177,7 +197,7 @@ class DNSServer:
                 assert self.forwarder is not None
                 resp = await self.forwarder.resolve_upstream(data, got, tcp)
                 if not tcp:
-                    resp = w.truncate_for_udp(resp, got.qend, got.udp_size, got.edns)
+                    resp = w.truncate_for_udp(resp, got.qend, got.udp_size, got.edns, got.do_bit)
             else:
                 resp = got
         except asyncio.CancelledError:
@@ -212,12 +232,12 @@ class DNSServer:
         try:
             assert self.forwarder is not None
             resp = await self.forwarder.resolve_upstream(data, info, False)
-            resp = w.truncate_for_udp(resp, info.qend, info.udp_size, info.edns)
+            resp = w.truncate_for_udp(resp, info.qend, info.udp_size, info.edns, info.do_bit)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("dns: handler error; answering SERVFAIL")
-            resp = w.error_response(data, w.RCODE_SERVFAIL, info.qend, info.edns)
+            resp = w.error_response(data, w.RCODE_SERVFAIL, info.qend, info.edns, info.do_bit)
         self.metrics.rcode(resp[3] & 0x0F)
         self.metrics.request_duration.observe(time.perf_counter() - start)
         return resp
@@ -241,6 +261,10 @@ class DNSServer:
         if info is None:
             m.malformed += 1
             return w.error_response(data, w.RCODE_FORMERR, qend if qd == 1 else -1, False)
+        if info.edns_version != 0:
+            # RFC 6891 §6.1.3: a version we do not implement gets BADVERS, with an OPT carrying the version
+            # we do (0); never forwarded (what an upstream makes of EDNS1 is not ours to relay).
+            return w.error_response(data, w.RCODE_BADVERS, info.qend, True, do=info.do_bit)
         kind = 0 if info.qtype == w.QTYPE_A else 1 if info.qtype == w.QTYPE_AAAA else 2
         qname = info.key[:-5]
         table = self._table
@@ -256,24 +280,25 @@ class DNSServer:
             return self._local_reply(data, info, ans, tcp)
         m.queries[kind][1] += 1
         if self.forwarder is None:
-            return w.error_response(data, w.RCODE_SERVFAIL, info.qend, info.edns)
+            return w.error_response(data, w.RCODE_SERVFAIL, info.qend, info.edns, info.do_bit)
         resp = self.forwarder.lookup_cache(data, info)
         if resp is None:
             return info
         if not tcp:
-            resp = w.truncate_for_udp(resp, info.qend, info.udp_size, info.edns)
+            resp = w.truncate_for_udp(resp, info.qend, info.udp_size, info.edns, info.do_bit)
         return resp
 
     @staticmethod
     def _local_reply(data: bytes, info: w.QueryInfo, ans: Answer, tcp: bool) -> bytes:
         flags = bytes((0x84 | (data[2] & 0x01), ans.flags3 | (data[3] & 0x10)))
+        body = ans.tail_edns[: -w.OPT_LEN]
         if info.edns:
-            resp = data[0:2] + flags + ans.counts_edns + data[12 : info.qend] + ans.tail_edns
+            opt = w.OPT_DO if info.do_bit else ans.tail_edns[-w.OPT_LEN :]
+            resp = data[0:2] + flags + ans.counts_edns + data[12 : info.qend] + body + opt
         else:
-            body = ans.tail_edns[: -len(w.opt_record())]
             resp = data[0:2] + flags + ans.counts + data[12 : info.qend] + body
         if not tcp:
-            resp = w.truncate_for_udp(resp, info.qend, info.udp_size, info.edns)
+            resp = w.truncate_for_udp(resp, info.qend, info.udp_size, info.edns, info.do_bit)
         return resp
 
     # -- listeners ----------------------------------------------------------------------------------------
@@ -329,8 +354,9 @@ class DNSServer:
                 except OSError:
                     tsock.close()
                     raise
-                srv = await asyncio.start_server(self._tcp_client, sock=tsock, backlog=256)
-                self._tcp_servers.append(srv)
+                tsock.listen(256)
+                tsock.setblocking(False)
+                self._tcp_listeners.append(_TCPListener(self, tsock, f"{host}:{port}"))
                 self.bound.append((host, port))
         except OSError as exc:
             await self.close()
@@ -342,14 +368,18 @@ class DNSServer:
                 ) from exc
             raise
         self.port = port
+        self._reserve.refill()
+        if self.forwarder is not None:
+            await self.forwarder.open_fallback()
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
         for r in self._udp:
             loop.remove_reader(r.sock.fileno())
             r.closed = True
-        for s in self._tcp_servers:
-            s.close()
+        for lst in self._tcp_listeners:
+            lst.close()
+        self._tcp_listeners.clear()
         for t in list(self._pending):
             t.cancel()
         if self._pending:
@@ -357,10 +387,16 @@ class DNSServer:
         for r in self._udp:
             r.sock.close()
         self._udp.clear()
-        for s in self._tcp_servers:
-            with contextlib.suppress(Exception):
-                await s.wait_closed()
-        self._tcp_servers.clear()
+        for c in list(self._conns):  # only connections whose task never ran are left by now
+            if c.writer is not None:
+                c.writer.transport.abort()
+            else:
+                c.sock.close()
+        self._conns.clear()
+        self._per_source.clear()
+        self._reserve.close()
+        if self.forwarder is not None:
+            self.forwarder.close()
 
     def spawn(self, coro: object) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
@@ -373,33 +409,242 @@ class DNSServer:
             with contextlib.suppress(OSError):  # full buffer or client gone: UDP may drop
                 reader.sock.sendto(resp, addr)
 
-    async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._tcp_clients >= MAX_TCP_CLIENTS:
-            writer.close()
+    # -- TCP connections ----------------------------------------------------------------------------------
+
+    def admit(self, sock: socket.socket, source: str, reserved: bool) -> None:
+        """A just-accepted connection: taken within the caps (closing the longest-idle one to make room), or
+        refused when nothing is idle."""
+        victim: _TCPConn | None = None
+        over = self._per_source.get(source, 0) >= MAX_TCP_PER_SOURCE
+        if over:
+            victim = self._longest_idle(source)
+        elif len(self._conns) >= MAX_TCP_CLIENTS:
+            over = True
+            victim = self._longest_idle(None)
+        if victim is not None:
+            self._evict(victim)
+        elif over:
+            sock.close()
+            self.metrics.tcp_refused += 1
+            if reserved:
+                self._reserve.refill()
+            now = time.monotonic()
+            if self._refused_warned_at is None or now - self._refused_warned_at >= LOG_EVERY:
+                self._refused_warned_at = now
+                log.warning(
+                    "dns: refusing TCP connection from %s: %d connections busy (per source %d, total %d); "
+                    "counted in kuma_dp_dns_tcp_refused_connections (at most one line a minute)",
+                    source,
+                    len(self._conns),
+                    MAX_TCP_PER_SOURCE,
+                    MAX_TCP_CLIENTS,
+                )
             return
-        self._tcp_clients += 1
-        task = asyncio.current_task()
-        if task is not None:
-            self._pending.add(task)  # type: ignore[arg-type]
+        conn = _TCPConn(source, sock, self._clock(), reserved=reserved)
+        self._conns.add(conn)
+        self._per_source[source] = self._per_source.get(source, 0) + 1
+        self.spawn(self._tcp_client(conn))
+
+    def _longest_idle(self, source: str | None) -> _TCPConn | None:
+        best: _TCPConn | None = None
+        for c in self._conns:
+            if c.busy or (source is not None and c.source != source):
+                continue
+            if best is None or c.last_active < best.last_active:
+                best = c
+        return best
+
+    def shed_idle(self, count: int) -> int:
+        """Close up to `count` idle connections (accept() is out of descriptors); how many were closed."""
+        n = 0
+        while n < count:
+            victim = self._longest_idle(None)
+            if victim is None:
+                break
+            self._evict(victim)
+            n += 1
+        return n
+
+    def _evict(self, c: _TCPConn) -> None:
+        self._forget(c)
+        self.metrics.tcp_evicted += 1
+        if c.writer is not None:
+            c.writer.transport.abort()  # its task sees the connection end and returns
+        # else its task has not started yet: it finds itself forgotten and closes the socket
+
+    def _forget(self, c: _TCPConn) -> None:
+        if c in self._conns:
+            self._conns.discard(c)
+            left = self._per_source.get(c.source, 1) - 1
+            if left > 0:
+                self._per_source[c.source] = left
+            else:
+                self._per_source.pop(c.source, None)
+
+    async def _tcp_client(self, c: _TCPConn) -> None:
+        writer: asyncio.StreamWriter | None = None
         try:
-            while True:
+            if c not in self._conns:
+                return  # evicted before it started
+            reader, writer = await asyncio.open_connection(sock=c.sock)
+            c.writer = writer
+            c.last_active = self._clock()
+            while c in self._conns:
                 async with asyncio.timeout(TCP_IDLE_TIMEOUT):
                     head = await reader.readexactly(2)
                     data = await reader.readexactly(struct.unpack("!H", head)[0])
+                c.busy = True
                 resp = await self.process(data, tcp=True)
+                c.busy = False
+                c.last_active = self._clock()
                 if resp is None:
                     break
                 writer.write(struct.pack("!H", len(resp)) + resp)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
-            pass
+                async with asyncio.timeout(TCP_IDLE_TIMEOUT):  # a client that never reads is dropped
+                    await writer.drain()
+        except (asyncio.IncompleteReadError, TimeoutError, OSError):
+            pass  # the client left, stalled, or was evicted (ConnectionError is an OSError)
         finally:
-            self._tcp_clients -= 1
-            if task is not None:
-                self._pending.discard(task)  # type: ignore[arg-type]
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            self._forget(c)
+            if writer is not None:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+            else:
+                c.sock.close()
+            if c.reserved:
+                self._reserve.refill()
+
+
+@dataclass(eq=False, slots=True)
+class _TCPConn:
+    """One TCP client: who, and whether it may be closed to make room (idle = not answering a query)."""
+
+    source: str
+    sock: socket.socket
+    last_active: float
+    busy: bool = False
+    writer: asyncio.StreamWriter | None = None
+    reserved: bool = False  # accepted on a reserve descriptor: refill the reserve when it ends
+
+
+class _FdReserve:
+    """A few descriptors on /dev/null, given up one at a time when accept() fails for want of one."""
+
+    def __init__(self) -> None:
+        self.fds: list[int] = []
+
+    def refill(self) -> None:
+        while len(self.fds) < FD_RESERVE:
+            try:
+                self.fds.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+            except OSError:
+                return  # still exhausted: the next connection end tries again
+
+    def release(self) -> bool:
+        if not self.fds:
+            return False
+        os.close(self.fds.pop())
+        return True
+
+    def close(self) -> None:
+        while self.fds:
+            os.close(self.fds.pop())
+
+
+def _pending(fd: int) -> bool:
+    """Whether a listening socket has a connection waiting (poll: no descriptor needed, unlike epoll)."""
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    return bool(p.poll(0))
+
+
+class _TCPListener:
+    """accept() driven by the loop's readiness callback, so its failures are ours to handle.
+
+    asyncio's own accept loop logs a traceback per EMFILE and retries every second; here, when accept() fails
+    for want of a descriptor, idle connections are closed (shed), a reserve descriptor is spent on the
+    waiting client, and otherwise the listener pauses with exponential back-off (ACCEPT_BACKOFF). At most
+    one warning a minute (with the count since the last one); every failure is counted in
+    kuma_dp_dns_accept_errors.
+    """
+
+    def __init__(self, server: DNSServer, sock: socket.socket, name: str) -> None:
+        self.server = server
+        self.sock = sock
+        self.name = name
+        self.loop = asyncio.get_running_loop()
+        self.fd = sock.fileno()
+        self.delay = 0.0
+        self.failures = 0  # since the last warning
+        self.warned_at: float | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.loop.add_reader(self.fd, self.on_readable)
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        else:
+            self.loop.remove_reader(self.fd)
+        self.sock.close()
+
+    def on_readable(self) -> None:
+        server = self.server
+        reserved = False
+        for _ in range(64):
+            try:
+                conn, addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
+                    continue  # the client gave up before we took it
+                if exc.errno in FD_EXHAUSTED and not _pending(self.fd):
+                    break  # Linux reserves the descriptor before looking at the queue: nobody is waiting
+                server.metrics.accept_errors += 1
+                self._failed(exc)
+                if exc.errno in FD_EXHAUSTED:
+                    if server.shed_idle(1):
+                        self._pause(0.0)  # their descriptors are freed once the loop has closed them
+                        break
+                    if not reserved and server._reserve.release():
+                        reserved = True
+                        continue
+                self._pause(min(ACCEPT_BACKOFF[1], max(ACCEPT_BACKOFF[0], self.delay * 2)))
+                break
+            self.delay = 0.0
+            conn.setblocking(False)
+            server.admit(conn, addr[0], reserved)
+            reserved = False
+        if reserved:
+            server._reserve.refill()  # spent for nothing: take it back
+
+    def _failed(self, exc: OSError) -> None:
+        self.failures += 1
+        now = time.monotonic()
+        if self.warned_at is None or now - self.warned_at >= LOG_EVERY:
+            log.warning(
+                "dns: accept() on %s failed: %s (%d times since the last warning); closing idle connections "
+                "and backing off up to %.0fs; raise the fd limit (LimitNOFILE=, ulimit -n) if this repeats",
+                self.name,
+                exc.strerror or exc,
+                self.failures,
+                ACCEPT_BACKOFF[1],
+            )
+            self.warned_at = now
+            self.failures = 0
+
+    def _pause(self, delay: float) -> None:
+        self.delay = delay
+        if self.timer is not None:
+            self.timer.cancel()
+        else:
+            self.loop.remove_reader(self.fd)
+        self.timer = self.loop.call_later(delay, self._resume)
+
+    def _resume(self) -> None:
+        self.timer = None
+        self.loop.add_reader(self.fd, self.on_readable)
 
 
 def build_nodata(qname: bytes, ttl: int) -> Answer:

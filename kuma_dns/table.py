@@ -8,19 +8,37 @@ question in the reply. Serving a query is then a dict lookup and a concatenation
 table or the new one, never a mix), and persists the last-known-good payload to the work directory so a
 restarted agent answers mesh names from its first millisecond and through control-plane outages (Kuma's
 proxy starts empty and forwards every mesh name upstream until its first `/dns` poll).
+
+Big tables (100k names) are decoded, encoded and thrown away without holding the interpreter for long: a
+worker thread only gives the event loop the GIL between bytecodes, so a single C call over the whole
+document (json.loads, json.dumps, freeing a million objects, a full cyclic collection) would stall every
+answer for its whole length. Hence `loads_chunked`/`dumps_chunked` (record by record), `quiet_gc` (no
+cyclic collection mid-build; the built table is frozen out of later ones) and `dispose` (freeing piecewise).
+
+Files: a persisted table is only trusted when it is a regular file owned by this uid, not writable by
+others, not a symlink, within MAX_TABLE_BYTES, and stamped no later than now (+ FUTURE_SKEW): in a shared
+work dir another user could otherwise plant answers, or a far-future `fetchedAt` that is never flagged stale.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import gc
 import hashlib
 import ipaddress
 import json
+import json.decoder
 import logging
+import math
 import os
+import re
 import socket
+import stat
 import struct
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +52,12 @@ log = logging.getLogger(__name__)
 #: File in the work dir holding the last-known-good payload (with its ETag and when it was fetched).
 PERSIST_NAME = "kuma-dns-table.json"
 PERSIST_VERSION = 1
+#: Largest records file or persisted table read (the agent's HTTP client caps a /dns body the same way).
+MAX_TABLE_BYTES = 64 << 20
+#: A persisted table stamped further than this in the future was not written by this clock: not trusted.
+FUTURE_SKEW = 60.0
+#: Documents above this size are decoded record by record, and their build runs under `quiet_gc`.
+BIG_DOCUMENT = 256 << 10
 DEFAULT_TTL = 30
 MESH_SUFFIX = b"\x04mesh\x00"
 QTYPE_CNAME = 5
@@ -58,10 +82,11 @@ class Payload:
     """The decoded `/dns` payload: `{records: [{name, ips}], ttl, extraLabels}` (Kuma's
     `pkg/dns/dpapi/api.go`)."""
 
-    records: tuple[Record, ...]
+    records: Sequence[Record]  # a list: `dispose` frees it piecewise
     ttl: int
     extra_labels: Mapping[str, str]
     raw: Mapping[str, Any]
+    owned: bool = False  # `raw` was decoded here (not the caller's object): `dispose` may empty it
 
 
 def _classify_ip(ip: object) -> tuple[int, str]:
@@ -89,7 +114,7 @@ def parse_payload(data: bytes | str | Mapping[str, Any]) -> Payload:
     """Decode and check a payload; invalid IPs and names are skipped with a warning, as kuma-dp does."""
     if isinstance(data, bytes | str):
         try:
-            obj = json.loads(data)
+            obj = loads_chunked(data) if len(data) > BIG_DOCUMENT else json.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
             raise PayloadError(
                 f"DNS payload is not JSON ({exc}); expected the /dns body from kuma-cp"
@@ -135,8 +160,8 @@ def parse_payload(data: bytes | str | Mapping[str, Any]) -> Payload:
                 aaaa.append(text)
             else:
                 log.warning("dns: skipping invalid IP %r of %s", ip, name)
-    recs = tuple(Record(n, tuple(a), tuple(aaaa)) for n, (a, aaaa) in sorted(merged.items()))
-    return Payload(recs, ttl, dict(labels), obj)
+    recs = [Record(n, tuple(a), tuple(aaaa)) for n, (a, aaaa) in sorted(merged.items())]
+    return Payload(recs, ttl, dict(labels), obj, owned=isinstance(data, bytes | str))
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,12 +211,12 @@ class MeshTable:
     """An immutable, fully encoded table; `answers` is what the hot path reads."""
 
     answers: dict[bytes, Answer]
-    names: frozenset[str]
+    names: AbstractSet[str]  # sets, not frozensets: never mutated while served, and `dispose` empties them
     ttl: int
     extra_labels: Mapping[str, str]
     digest: str
     loaded: bool  # False only for the empty table before any payload: then everything is forwarded
-    wire_names: frozenset[bytes] = frozenset()  # every answered name (with search forms), lower-case wire
+    wire_names: AbstractSet[bytes] = frozenset()  # every answered name (with search forms), lower-case wire
     nxdomain_mesh: bool = True
     encoded: dict[RecordKey, Encoded] = field(default_factory=dict, repr=False)
     suffixes: tuple[str, ...] = ()
@@ -273,22 +298,20 @@ def build_table(
             if qn not in wire_names:  # a real record (or an earlier record's search form) wins
                 answers[k] = ans
         wire_names.update(qn for qn, _, _ in search)
-    canon = json.dumps(
-        {
-            "records": [[r.name, r.a, r.aaaa] for r in payload.records],
-            "ttl": ttl,
-            "labels": payload.extra_labels,
-        },
-        sort_keys=True,
-    )
+    # The digest identifies the content (records, TTL, labels); hashed record by record, not as one dump.
+    h = hashlib.sha256(repr((ttl, sorted(payload.extra_labels.items()))).encode())
+    names: set[str] = set()
+    for r in payload.records:
+        h.update(repr((r.name, r.a, r.aaaa)).encode())
+        names.add(r.name)
     return MeshTable(
         answers=answers,
-        names=frozenset(r.name for r in payload.records),
+        names=names,
         ttl=ttl,
         extra_labels=dict(payload.extra_labels),
-        digest=hashlib.sha256(canon.encode()).hexdigest(),
+        digest=h.hexdigest(),
         loaded=True,
-        wire_names=frozenset(wire_names),
+        wire_names=wire_names,
         nxdomain_mesh=nxdomain_mesh,
         encoded=encoded,
         suffixes=tuple(suffixes),
@@ -297,6 +320,195 @@ def build_table(
 
 def empty_table() -> MeshTable:
     return MeshTable({}, frozenset(), DEFAULT_TTL, {}, "", loaded=False)
+
+
+# -- big documents without long interpreter holds ---------------------------------------------------------
+
+_WS = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
+
+
+class _NotShaped(Exception):
+    pass
+
+
+def loads_chunked(data: bytes | str) -> Any:
+    """`json.loads` of a `/dns` document, the top-level object's values decoded one by one and the `records`
+    array element by element, so the interpreter can switch threads between records (json.loads is one C
+    call: 0.1-0.6 s for 100k names). A document of any other shape, or an invalid one, goes to json.loads,
+    which returns the same value or raises the same error."""
+    text = data.decode(json.detect_encoding(data), "surrogatepass") if isinstance(data, bytes) else data
+    try:
+        return _loads_object(text)
+    except (_NotShaped, ValueError):
+        return json.loads(text)
+
+
+def _loads_object(s: str) -> dict[str, Any]:
+    ws = _WS.match
+    dec = _DECODER.raw_decode
+    scan = json.decoder.scanstring
+    i = ws(s, 0).end()
+    if s[i : i + 1] != "{":
+        raise _NotShaped
+    i = ws(s, i + 1).end()
+    out: dict[str, Any] = {}
+    if s[i : i + 1] == "}":
+        i += 1
+    else:
+        while True:
+            if s[i : i + 1] != '"':
+                raise _NotShaped
+            key, i = scan(s, i + 1)
+            i = ws(s, i).end()
+            if s[i : i + 1] != ":":
+                raise _NotShaped
+            i = ws(s, i + 1).end()
+            val: Any
+            if key == "records" and s[i : i + 1] == "[":
+                arr: list[Any] = []
+                i = ws(s, i + 1).end()
+                if s[i : i + 1] == "]":
+                    i += 1
+                else:
+                    while True:
+                        item, i = dec(s, i)
+                        arr.append(item)
+                        i = ws(s, i).end()
+                        c = s[i : i + 1]
+                        if c == ",":
+                            i = ws(s, i + 1).end()
+                        elif c == "]":
+                            i += 1
+                            break
+                        else:
+                            raise _NotShaped
+                val = arr
+            else:
+                val, i = dec(s, i)
+            out[key] = val
+            i = ws(s, i).end()
+            c = s[i : i + 1]
+            if c == ",":
+                i = ws(s, i + 1).end()
+            elif c == "}":
+                i += 1
+                break
+            else:
+                raise _NotShaped
+    if ws(s, i).end() != len(s):
+        raise _NotShaped
+    return out
+
+
+def dumps_chunked(obj: Mapping[str, Any]) -> str:
+    """Compact JSON of a mapping whose list values are encoded element by element (see `loads_chunked`)."""
+    parts = []
+    for k, v in obj.items():
+        if isinstance(v, Mapping):
+            body = dumps_chunked(v)
+        elif isinstance(v, list):
+            body = "[" + ",".join([json.dumps(x, separators=(",", ":")) for x in v]) + "]"
+        else:
+            body = json.dumps(v, separators=(",", ":"))
+        parts.append(json.dumps(str(k)) + ":" + body)
+    return "{" + ",".join(parts) + "}"
+
+
+@contextlib.contextmanager
+def quiet_gc() -> Iterator[None]:
+    """No cyclic collection while a big table is built, then the survivors frozen out of later collections.
+
+    A full collection walks every tracked object holding the GIL (a 100k-name table is over a million:
+    0.5-3 s), in whichever thread happens to allocate. The table is acyclic, so reference counting frees it
+    when it is retired even from the permanent generation; young garbage is collected first so that little
+    else is frozen with it (the same trade `kuma-dp dns` makes with gc.freeze() once serving).
+    """
+    was = gc.isenabled()
+    gc.collect(1)
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if was:
+            gc.enable()
+
+
+def dispose(junk: list[Any]) -> None:
+    """Drop the last references to retired tables and payloads piece by piece (run in a worker thread).
+
+    Freeing a 100k-name table is one C-level cascade of a million deallocations (0.1-0.3 s with the GIL
+    held); emptying its containers an item at a time lets the event loop run in between.
+    """
+    while junk:
+        obj = junk.pop()
+        if isinstance(obj, MeshTable):
+            for d in (obj.answers, obj.encoded):
+                while d:
+                    d.popitem()
+            for st in (obj.names, obj.wire_names):
+                if isinstance(st, set):
+                    while st:
+                        st.pop()
+        elif isinstance(obj, Payload):
+            recs = obj.records
+            if isinstance(recs, list):
+                while recs:
+                    recs.pop()
+            raw_recs = obj.raw.get("records") if obj.owned and isinstance(obj.raw, dict) else None
+            if isinstance(raw_recs, list):
+                while raw_recs:
+                    raw_recs.pop()
+        del obj
+
+
+def read_table_file(path: Path, private: bool) -> bytes:
+    """The bytes of a records file (`private=False`: symlinks followed, any owner) or of a persisted table
+    (`private=True`: not a symlink, owned by this uid, not group/world-writable). Either way a regular file
+    of at most MAX_TABLE_BYTES: opened non-blocking, so a FIFO or a device is refused instead of blocking.
+    Raises PayloadError naming what is wrong, or OSError."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_NOFOLLOW if private else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if private and exc.errno == errno.ELOOP:
+            raise PayloadError("it is a symbolic link, not a file this agent wrote") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = (
+                "a FIFO"
+                if stat.S_ISFIFO(st.st_mode)
+                else "a directory"
+                if stat.S_ISDIR(st.st_mode)
+                else ("a device or socket")
+            )
+            raise PayloadError(f"it is {kind}, not a regular file")
+        if private:
+            if st.st_uid != os.geteuid():
+                raise PayloadError(
+                    f"it is owned by uid {st.st_uid}, not this agent's uid {os.geteuid()} "
+                    "(another user's file)"
+                )
+            if st.st_mode & 0o022:
+                raise PayloadError(f"it is writable by group or others (mode {stat.S_IMODE(st.st_mode):o})")
+        if st.st_size > MAX_TABLE_BYTES:
+            raise PayloadError(f"it has {st.st_size} bytes, more than the {MAX_TABLE_BYTES}-byte limit")
+        chunks = []
+        total = 0
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > MAX_TABLE_BYTES:
+                raise PayloadError(f"it has more than the {MAX_TABLE_BYTES}-byte limit")
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -318,6 +530,8 @@ class TableStore:
     source: str = "none"
     generation: int = 0
     listeners: list[Callable[[MeshTable], None]] = field(default_factory=list)
+    #: Tables refused (planted or unsafe persisted file, bad records file...): kuma_dp_dns_tables_rejected.
+    rejected: int = 0
     _stale_logged: bool = False
 
     @property
@@ -337,8 +551,11 @@ class TableStore:
 
     def prepare(self, data: bytes | str | Mapping[str, Any]) -> tuple[Payload, MeshTable]:
         """Decode and encode, touching nothing: safe to run in a worker thread for big meshes."""
-        payload = parse_payload(data)
-        return payload, build_table(payload, self.search_domains, self.nxdomain_mesh, previous=self.current)
+        big = isinstance(data, bytes | str) and len(data) > BIG_DOCUMENT
+        with quiet_gc() if big else contextlib.nullcontext():
+            payload = parse_payload(data)
+            table = build_table(payload, self.search_domains, self.nxdomain_mesh, previous=self.current)
+        return payload, table
 
     def commit(
         self, payload: Payload, table: MeshTable, etag: str | None, source: str, persist: bool = True
@@ -384,34 +601,67 @@ class TableStore:
         return stale
 
     def load_persisted(self) -> bool:
-        """Serve the last-known-good table at start; a bad file is logged and ignored (never fatal)."""
+        """Serve the last-known-good table at start; an untrusted or bad file is logged and ignored."""
+        got = self.read_persisted()
+        if got is None:
+            return False
+        self.install_persisted(*got)
+        return True
+
+    def read_persisted(self) -> tuple[Payload, MeshTable, str | None, float] | None:
+        """Read, check and encode the persisted table, touching nothing (a worker thread may run it).
+
+        Refused, with one warning naming the file and the reason: anything `read_table_file(private=True)`
+        refuses (another user's file planted in a shared work dir, a symlink, a FIFO, group-writable), an
+        unknown format, or a `fetchedAt` in the future (it would never be flagged stale).
+        """
         path = self.persist_path
-        if path is None or not path.exists():
-            return False
+        if path is None or not os.path.lexists(path):
+            return None
         try:
-            doc = json.loads(path.read_bytes())
-            if not isinstance(doc, dict) or doc.get("version") != PERSIST_VERSION:
-                raise PayloadError(
-                    f"unknown format version {doc.get('version') if isinstance(doc, dict) else doc!r}"
-                )
-            payload = parse_payload(doc["payload"])
-            saved = float(doc.get("fetchedAt", 0))
+            raw = read_table_file(path, private=True)
+            with quiet_gc() if len(raw) > BIG_DOCUMENT else contextlib.nullcontext():
+                doc = loads_chunked(raw) if len(raw) > BIG_DOCUMENT else json.loads(raw)
+                if not isinstance(doc, dict) or doc.get("version") != PERSIST_VERSION:
+                    raise PayloadError(
+                        f"unknown format version {doc.get('version') if isinstance(doc, dict) else doc!r}"
+                    )
+                saved = float(doc.get("fetchedAt", 0))
+                now = self.clock()
+                if not math.isfinite(saved) or saved <= 0:
+                    raise PayloadError(f"fetchedAt {doc.get('fetchedAt')!r} is not a time")
+                if saved > now + FUTURE_SKEW:
+                    raise PayloadError(
+                        f"fetchedAt is {saved - now:.0f}s in the future: not written by this host's clock"
+                    )
+                payload = parse_payload(doc["payload"])
+                table = build_table(payload, self.search_domains, self.nxdomain_mesh)
         except (OSError, ValueError, KeyError, TypeError) as exc:
+            self.rejected += 1
             log.warning(
-                "dns: ignoring persisted table %s: %s (it is rewritten on the next update)", path, exc
+                "dns: not serving the persisted table %s: %s (remove it; it is rewritten on the next update)",
+                path,
+                exc,
             )
-            return False
-        self._swap(build_table(payload, self.search_domains, self.nxdomain_mesh))
-        self.etag = doc.get("etag")
+            return None
+        etag = doc.get("etag")
+        return payload, table, etag if isinstance(etag, str) else None, min(saved, now)
+
+    def install_persisted(self, payload: Payload, table: MeshTable, etag: str | None, saved: float) -> None:
+        """Swap in what `read_persisted` returned; its age counts from when it was fetched, so a table
+        persisted long ago is flagged stale at once."""
+        self._swap(table)
+        self.etag = etag
         self.confirmed_at = saved
         self.source = "persisted"
+        self._stale_logged = False
         log.info(
             "dns table loaded source=persisted names=%d age=%.0fs path=%s",
             len(payload.records),
             max(0.0, self.clock() - saved),
-            path,
+            self.persist_path,
         )
-        return True
+        self.check_stale()
 
     def _swap(self, table: MeshTable) -> None:
         self.current = table
@@ -426,6 +676,6 @@ class TableStore:
         doc = {"version": PERSIST_VERSION, "etag": etag, "fetchedAt": now, "payload": dict(payload.raw)}
         try:
             os.makedirs(path.parent, exist_ok=True)
-            atomic_write(path, json.dumps(doc, separators=(",", ":")))
+            atomic_write(path, dumps_chunked(doc))
         except OSError as exc:
             log.warning("dns: cannot persist table to %s: %s (answers are unaffected)", path, exc)

@@ -70,7 +70,9 @@ class Client(Component):
         q = dns.message.make_query("backend.mesh", "A")
         r = await dns.asyncquery.udp(q, "127.0.0.1", port=cfg.dns.proxy_port, timeout=5)
         self.out["answer"] = r.answer[0][0].to_text()
-        self.out["persisted"] = (self.ctx.work_dir / "kuma-dns-table.json").exists()
+        # The table is written off the event loop after the swap: wait for the file, not for a moment.
+        table_file = self.ctx.work_dir / "kuma-dns-table.json"
+        self.out["persisted"] = bool(await wait_until_async(table_file.exists, 10, "the persisted table"))
 
 
 def test_agent_runs_dns_from_envoy_dynconf(short_tmp: Path, envoy_binary: str) -> None:
