@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from kuma_dp.commands.goflags import setting_option
+from kuma_dp.commands.goflags import adopt_go_flags, setting_option
 from kuma_dp.config import SETTINGS
 
 #: name -> "module:attribute" of a click.Command, imported only when that sub-command runs. Keep it sorted.
@@ -85,7 +85,7 @@ class LazyGroup(click.Group):
                 return None
             raise
         command: Any = getattr(module, attr)
-        return command
+        return adopt_go_flags(command)
 
 
 #: Kuma's root (persistent) flags: the `log.*` settings. Go accepts them before or after the sub-command; the
@@ -101,7 +101,9 @@ def _root_log_options(func: Any) -> Any:
     return func
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=LazyGroup, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]}
+)
 @_root_log_options
 @click.pass_context
 def cli(ctx: click.Context, **root_flags: Any) -> None:
@@ -109,6 +111,11 @@ def cli(ctx: click.Context, **root_flags: Any) -> None:
 
     The --log-* options may also be given after the sub-command, where they win.
     """
+    if ctx.invoked_subcommand is None:
+        # Kuma's root command has no action of its own: cobra prints the help and exits 0
+        # (app/kuma-dp/cmd/root_test.go runs `kuma-dp` without a sub-command and expects no error).
+        click.echo(ctx.get_help())
+        ctx.exit(0)
     given = {k: v for k, v in root_flags.items() if v is not None}
     if given:
         ctx.default_map = {name: dict(given) for name in SUBCOMMANDS}

@@ -23,6 +23,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 
+from kuma_dp._http import AcceptGuard, Connection
 from kuma_dp.component import Component
 from kuma_dp.envoy import AdminAddress, AdminClient, AdminError
 
@@ -30,7 +31,14 @@ log = logging.getLogger(__name__)
 
 #: Kuma skips the DNS gate when the DNS proxy has no records after this long (a mesh without services).
 DNS_GATE_TIMEOUT = 15.0
-HEADERS = {"content-type": "text/plain", "x-powered-by": "kuma-dp"}
+HEADERS = {"content-type": "text/plain", "cache-control": "no-cache, max-age=0", "x-powered-by": "kuma-dp"}
+#: Kuma answers a failed admin request with Go's http.Error, which ends the text with a newline.
+ENVOY_NOT_READY = "envoy not ready\n"
+#: Probes are one short request each: a few connections at a time are plenty, the rest are shed.
+MAX_CONNECTIONS = 64
+#: A probe sends its request at once; a connection silent for this long is dropped.
+HEAD_TIMEOUT = 5.0
+HEAD_LIMIT = 8 * 1024
 
 
 class ReadinessPortError(RuntimeError):
@@ -71,12 +79,12 @@ def decide(
     if not dns_gate_open:
         return Answer(503, "NOT_READY")
     if envoy_status is None:
-        return Answer(503, "envoy not ready")
+        return Answer(503, ENVOY_NOT_READY)
     if admin_unix:
-        return Answer(envoy_status, envoy_body)
+        return Answer(envoy_status, envoy_body)  # Envoy's status and body, byte for byte (`LIVE\n`)
     if envoy_status == 200:
         return Answer(200, "READY")
-    return Answer(503, "envoy not ready")
+    return Answer(503, ENVOY_NOT_READY)
 
 
 async def evaluate(state: ReadinessState, admin: AdminClient) -> Answer:
@@ -91,7 +99,7 @@ async def evaluate(state: ReadinessState, admin: AdminClient) -> Answer:
         )
     try:
         resp = await admin.ready()
-        status, body = resp.status, resp.text.strip()
+        status, body = resp.status, resp.text  # unchanged: Kuma copies Envoy's body as it came
     except AdminError as exc:
         log.debug("envoy admin /ready failed: %s", exc)
         status, body = None, ""
@@ -104,12 +112,15 @@ async def evaluate(state: ReadinessState, admin: AdminClient) -> Answer:
     )
 
 
-def readiness_bind_host(admin: AdminAddress, *, on_kubernetes: bool) -> str:
-    """Kuma's rule: the admin address when admin is TCP; with a unix-socket admin, all addresses on Kubernetes
-    (the kubelet probes the pod IP), loopback elsewhere."""
+def readiness_bind_host(admin: AdminAddress, *, on_kubernetes: bool, ipv6: bool = False) -> str:
+    """Kuma's rule (app/kuma-dp/cmd/run.go): the admin address when admin is TCP; with a unix-socket admin,
+    all addresses on Kubernetes (the kubelet probes the pod IP), loopback elsewhere, in the family of the
+    dataplane's address (`ipv6`: kumaSidecarConfiguration.networking.address is IPv6)."""
     if not admin.is_unix:
         return admin.host
-    return "0.0.0.0" if on_kubernetes else "127.0.0.1"
+    if on_kubernetes:
+        return "::" if ipv6 else "0.0.0.0"
+    return "::1" if ipv6 else "127.0.0.1"
 
 
 def bind_readiness_socket(host: str, port: int) -> socket.socket:
@@ -118,6 +129,10 @@ def bind_readiness_socket(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            # Dual stack on `::` whatever net.ipv6.bindv6only says: Kuma listens with Go's "tcp" network,
+            # which clears IPV6_V6ONLY, so a kubelet probing the pod's IPv4 address reaches us too.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind((host, port))
         sock.listen(128)
     except OSError as exc:
@@ -158,14 +173,18 @@ class ReadinessReporter(Component):
         self.sock = sock
         self.state = state
         self.admin = admin
+        self.guard = AcceptGuard("readiness reporter", max_connections=MAX_CONNECTIONS)
 
     @property
     def port(self) -> int:
         return int(self.sock.getsockname()[1])
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _handle(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: Connection
+    ) -> None:
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
+            conn.busy()
             method, target, *_ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
             path = target.split("?", 1)[0]
             if path != "/ready":
@@ -185,13 +204,10 @@ class ReadinessReporter(Component):
                 await writer.wait_closed()
 
     async def run(self) -> None:
-        server = await asyncio.start_server(self._handle, sock=self.sock)
         host, port = self.sock.getsockname()[:2]
         log.info("readiness reporter listening address=%s port=%d", host, port)
         self.ready.set()
-        try:
-            await asyncio.Future()  # until cancelled
-        finally:
-            server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 1.0)
+        # Our own accept loop (kuma_dp._http.AcceptGuard): capped connections, idle ones shed first, and a
+        # back-off instead of a traceback per attempt when the process runs out of descriptors, so idle
+        # peers cannot keep the kubelet's probe from being answered.
+        await self.guard.serve(self.sock, self._handle, limit=HEAD_LIMIT)

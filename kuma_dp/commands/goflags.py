@@ -9,8 +9,9 @@ from the one declaration of each setting.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -18,6 +19,21 @@ from kuma_dp.config import Setting
 from kuma_dp.goparse import format_duration, parse_bool, parse_duration
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class PflagError(click.ClickException):
+    """A flag value pflag refuses: cobra prints `Error: <message>` and the command exits 1."""
+
+    exit_code = 1
+
+
+def pflag_invalid(value: Any, param: click.Parameter | None, exc: Exception) -> NoReturn:
+    """pflag's `invalid argument "<value>" for "<-s, --long>" flag: <Go's error>` (spf13/pflag flag.go)."""
+    opts = list(getattr(param, "opts", None) or [])
+    long = next((o for o in opts if o.startswith("--")), "")
+    short = next((o for o in opts if not o.startswith("--")), "")
+    name = f"{short}, {long}" if short and long else long or short
+    raise PflagError(f'invalid argument "{value}" for "{name}" flag: {exc}')
 
 
 class GoBool(click.ParamType):
@@ -31,15 +47,15 @@ class GoBool(click.ParamType):
         try:
             return parse_bool(str(value))
         except ValueError as exc:
-            self.fail(f'invalid argument "{value}": {exc}', param, ctx)
+            pflag_invalid(value, param, exc)
 
 
 class GoDuration(click.ParamType):
     """A Go duration (`500ms`, `1s`, `3m0s`); the value is float seconds.
 
     `positive` rejects zero and negative durations (intervals such as `kuma-dp wait --timeout`). `pflag`
-    reports a bad value the way pflag does (`invalid argument "30": time: missing unit ...`, `kuma-dp run`);
-    without it the message is Go's alone (`kuma-dp wait`).
+    reports a bad value the way pflag and cobra do (`invalid argument "30" for "--drain-time" flag: time:
+    missing unit ...`, exit 1: `kuma-dp run`); without it the message is Go's alone (`kuma-dp wait`).
     """
 
     name = "duration"
@@ -54,7 +70,9 @@ class GoDuration(click.ParamType):
         try:
             seconds = parse_duration(str(value))
         except ValueError as exc:
-            self.fail(f'invalid argument "{value}": {exc}' if self.pflag else str(exc), param, ctx)
+            if self.pflag:
+                pflag_invalid(value, param, exc)
+            self.fail(str(exc), param, ctx)
         if self.positive and seconds <= 0:
             self.fail(f"{value!r} must be a positive duration", param, ctx)
         return seconds
@@ -90,3 +108,105 @@ def setting_option(s: Setting, *, root: bool = False) -> Callable[[F], F]:
         kw["default"] = None
         kw.pop("show_default", None)
     return click.option(*s.flags, **kw)
+
+
+@dataclasses.dataclass
+class _BoolNames:
+    """The names under which `cmd` has pflag-style booleans (see `go_bool_args`)."""
+
+    long: set[str] = dataclasses.field(default_factory=set)
+    short: set[str] = dataclasses.field(default_factory=set)
+    #: `--x` -> `--no-x` of a click `--x/--no-x` pair.
+    switches: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def _go_bool_names(cmd: click.Command) -> _BoolNames:
+    names = _BoolNames()
+    for p in cmd.params:
+        if not isinstance(p, click.Option):
+            continue
+        if isinstance(p.type, GoBool) and p._flag_needs_value:
+            for name in p.opts:
+                (names.long if name.startswith("--") else names.short).add(name)
+        elif p.is_bool_flag and p.secondary_opts:
+            for on, off in zip(p.opts, p.secondary_opts, strict=False):
+                names.switches[on] = off
+    return names
+
+
+def go_bool_args(args: list[str], names: _BoolNames) -> list[str]:
+    """pflag's reading of a boolean flag: `--x` is `--x=true` and never takes the next argument as its value
+    (`--x false` is true plus a positional `false`); `-x=v` is `-x` with value v; for a click `--x/--no-x`
+    pair, `--x=false` is `--no-x`."""
+    out: list[str] = []
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return out + args[i:]
+        name, eq, value = arg.partition("=")
+        if arg in names.long:
+            arg += "=true"
+        elif arg in names.short:
+            arg += "true"
+        elif eq and name in names.short:
+            arg = name + value
+        elif eq and name in names.switches:
+            try:
+                arg = name if parse_bool(value) else names.switches[name]
+            except ValueError as exc:
+                raise PflagError(f'invalid argument "{value}" for "{name}" flag: {exc}') from None
+        out.append(arg)
+    return out
+
+
+class GoCommand(click.Command):
+    """A click command whose boolean flags parse as Go's pflag does (see `go_bool_args`)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, go_bool_args(args, _go_bool_names(self)))
+
+
+def _pflag_bool(opt: click.Option) -> click.Option:
+    """The pflag-style twin of a plain click boolean flag: same names, default, help and callback."""
+    return click.Option(
+        [opt.name or "", *opt.opts],
+        type=GO_BOOL,
+        is_flag=False,
+        flag_value="true",
+        default=opt.default,
+        help=opt.help,
+        hidden=opt.hidden,
+        show_default=opt.show_default,
+        envvar=opt.envvar,
+        callback=opt.callback,
+        expose_value=opt.expose_value,
+        is_eager=opt.is_eager,
+    )
+
+
+def adopt_go_flags(cmd: click.Command) -> click.Command:
+    """Give `cmd` (and, for a group, its sub-commands) Go's boolean flags: `--x`, `--x=true`, `--x=false`.
+
+    Every sub-command of `kuma-dp` goes through this (kuma_dp/cli.py), so a flag declared with click's
+    `is_flag=True` anywhere accepts the `--flag=false` that Kuma's cobra commands, and operators' scripts,
+    use; a `--x/--no-x` pair keeps its names and takes `--x=true|false` too. Idempotent.
+    """
+    if getattr(cmd, "_go_flags", False):
+        return cmd
+    cmd.params = [
+        _pflag_bool(p)
+        if isinstance(p, click.Option) and p.is_bool_flag and not p.secondary_opts and p.name != "help"
+        else p
+        for p in cmd.params
+    ]
+    if not isinstance(cmd, GoCommand):
+        original = cmd.parse_args
+
+        def parse_args(ctx: click.Context, args: list[str]) -> list[str]:
+            return original(ctx, go_bool_args(args, _go_bool_names(cmd)))
+
+        cmd.parse_args = parse_args  # type: ignore[method-assign]
+    if isinstance(cmd, click.Group):
+        for sub in cmd.commands.values():
+            adopt_go_flags(sub)
+    cmd._go_flags = True  # type: ignore[attr-defined]
+    return cmd

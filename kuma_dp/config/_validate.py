@@ -1,46 +1,47 @@
 """Kuma's configuration validation, with Kuma's exact messages.
 
-Operators and scripts grep for these strings, so the wording, the `.Section is not valid: ` prefixes and the
-`; ` joining follow `pkg/config/app/kuma-dp/config.go` in kumahq/kuma v2.14.3 (multierr) to the character.
+Operators and scripts grep for these strings, so the wording, the `.Section is not valid: ` prefixes, the
+`; ` joining and the `configuration validation failed: ` prefix follow `pkg/config/app/kuma-dp/config.go` and
+`pkg/config/loader.go` in kumahq/kuma v2.14.3 (multierr) to the character, and only the checks Kuma makes are
+made: the CP URL goes through Go's url.Parse alone, the dataplane name is only required to be non-empty.
 """
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from kuma_dp.config._model import RunConfig
+from kuma_dp.goparse import go_quote, url_parse_error
 
-#: Kuma's ProxyType.IsValid() set; only the first three may be configured (gateway -> "not supported").
-_KNOWN_PROXY_TYPES = ("dataplane", "ingress", "egress", "gateway")
+#: Kuma's ProxyType.IsValid() set (api/mesh/v1alpha1/dataplane_helpers.go): `gateway` is not in it either.
 _SUPPORTED_PROXY_TYPES = ("dataplane", "ingress", "egress")
 _XDS_VARIANTS = ("", "GRPC", "DELTA_GRPC")
 
 
+#: What Kuma's config loader (pkg/config/loader.go) puts before the joined messages.
+VALIDATION_PREFIX = "configuration validation failed"
+POST_PROCESS_PREFIX = "configuration post-processing failed"
+
+
 class ConfigError(ValueError):
-    """Invalid configuration; str() is the one-line message to print."""
+    """Invalid configuration; str() is the one-line message to print, with Kuma's loader prefix."""
 
 
-def _validate_mesh_or_name(label: str, value: str) -> str | None:
+def name_error(label: str, value: str) -> str | None:
+    """Kuma's validateMeshOrName: used by post-processing (the POD_NAME.POD_NAMESPACE fallback), not by
+    Validate, which only checks that the name is non-empty."""
     if value == "":
         return f"{label} must be non-empty"
     if any(c in value for c in "$(){}"):
-        return f'{label} "{value}" contains invalid characters'
+        return f"{label} {go_quote(value, ascii_only=True)} contains invalid characters"
     return None
 
 
 def validate_control_plane(cfg: RunConfig) -> list[str]:
+    """ControlPlane.Validate: `url.Parse` only (a scheme or a host is the bootstrap request's concern)."""
     errs: list[str] = []
     cp = cfg.control_plane
-    try:
-        parts = urlsplit(cp.url)
-        if parts.scheme not in ("http", "https"):
-            errs.append(f'.Url is not valid: unsupported scheme "{parts.scheme}". Use one of [http https]')
-        elif not parts.hostname:
-            errs.append(f'.Url is not valid: parse "{cp.url}": missing host')
-        else:
-            _ = parts.port  # raises ValueError on a bad port
-    except ValueError as exc:
-        errs.append(f'.Url is not valid: parse "{cp.url}": {exc}')
+    url_error = url_parse_error(cp.url)
+    if url_error is not None:
+        errs.append(f".Url is not valid: {url_error}")
     if cp.retry.backoff <= 0:
         errs.append(".Retry is not valid: .Backoff must be a positive duration")
     elif cp.retry.max_duration <= 0:
@@ -49,28 +50,21 @@ def validate_control_plane(cfg: RunConfig) -> list[str]:
 
 
 def validate_dataplane(cfg: RunConfig) -> list[str]:
+    """Dataplane.Validate, or ValidateForTemplate (drain time only) when a Dataplane template is given."""
     dp = cfg.dataplane
     errs: list[str] = []
     if cfg.has_resource:
-        # With a template, name and mesh come from the resource: only the drain time (and port) are checked.
         if dp.drain_time <= 0:
             errs.append(".DrainTime must be positive")
-    else:
-        if dp.proxy_type not in _SUPPORTED_PROXY_TYPES:
-            if dp.proxy_type in _KNOWN_PROXY_TYPES:
-                errs.append(f'.ProxyType "{dp.proxy_type}" is not supported')
-            else:
-                errs.append(f".ProxyType is not valid: {dp.proxy_type} is not a valid proxy type")
-        zone_proxy = dp.proxy_type in ("ingress", "egress")
-        if not zone_proxy:
-            err = _validate_mesh_or_name(".Mesh", dp.mesh)
-            if err:
-                errs.append(err)
-        err = _validate_mesh_or_name(".Name", dp.name)
-        if err:
-            errs.append(err)
-        if dp.drain_time <= 0:
-            errs.append(".DrainTime must be positive")
+        return errs
+    if dp.proxy_type not in _SUPPORTED_PROXY_TYPES:
+        errs.append(f".ProxyType is not valid: {dp.proxy_type} is not a valid proxy type")
+    if dp.mesh == "" and dp.proxy_type not in ("ingress", "egress"):
+        errs.append(".Mesh must be non-empty")
+    if dp.name == "":
+        errs.append(".Name must be non-empty")
+    if dp.drain_time <= 0:
+        errs.append(".DrainTime must be positive")
     # Kuma rejects 0; we accept it on purpose: the readiness reporter then binds a free port and logs it,
     # so two proxies on one VM do not collide on 9902 (kumahq/kuma#11769). Out-of-range keeps Kuma's text.
     if not 0 <= dp.readiness_port <= 65535:
@@ -96,8 +90,6 @@ def validate_dns(cfg: RunConfig) -> list[str]:
     if not dns.enabled:
         return []
     # Kuma returns the first DNS error only (plain `return`, not multierr).
-    if not 0 < dns.proxy_port <= 65535:
-        return [".ProxyPort has to be in (0, 65535] range"]
     if dns.core_dns_port > 65353:
         return [".CoreDNSPort has to be in [0, 65353] range"]
     if dns.envoy_dns_port > 65353:
@@ -106,6 +98,9 @@ def validate_dns(cfg: RunConfig) -> list[str]:
         return [".PrometheusPort has to be in [0, 65353] range"]
     if dns.core_dns_binary_path == "":
         return [".CoreDNSBinaryPath cannot be empty"]
+    # Ours: Kuma has no check and fails later, binding the embedded DNS proxy; 0 turns the proxy off.
+    if dns.proxy_port > 65535:
+        return [".ProxyPort has to be in [0, 65535] range"]
     return []
 
 
@@ -131,7 +126,7 @@ def validation_errors(cfg: RunConfig) -> list[str]:
 
 
 def validate(cfg: RunConfig) -> None:
-    """Raise ConfigError with Kuma's `; `-joined message when the configuration is invalid."""
+    """Raise ConfigError (`configuration validation failed: <Kuma's ;-joined messages>`) when invalid."""
     errs = validation_errors(cfg)
     if errs:
-        raise ConfigError("; ".join(errs))
+        raise ConfigError(f"{VALIDATION_PREFIX}: " + "; ".join(errs))

@@ -113,17 +113,48 @@ def find_envoy(binary_path: str = "envoy") -> Path:
 
 
 _VERSION_RE = re.compile(r"version:\s*(\S+)")
-_SEMVER_RE = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)")
+#: Masterminds/semver/v3's loose version grammar (`v` prefix, minor and patch optional).
+_SEMVER_RE = re.compile(
+    r"^v?([0-9]+)(?:\.([0-9]+))?(?:\.([0-9]+))?"
+    r"(?:-([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?(?:\+[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?$"
+)
+
+
+def _semver(text: str) -> tuple[int, int, int, str, int] | None:
+    """(major, minor, patch, pre-release, parts given), or None when Masterminds/semver cannot parse it."""
+    m = _SEMVER_RE.match(text)
+    if not m:
+        return None
+    given = sum(1 for g in m.groups()[:3] if g is not None)
+    major, minor, patch = (int(g) if g is not None else 0 for g in m.groups()[:3])
+    return major, minor, patch, m.group(4) or "", given
 
 
 def is_compatible(version: str, expected: str = EXPECTED_ENVOY_VERSION) -> bool:
-    """semver `~expected`: same major.minor, patch at least the expected one (pre-release tags ignored)."""
-    got, want = _SEMVER_RE.match(version), _SEMVER_RE.match(expected)
-    if not got or not want:
+    """Kuma's VersionCompatible (app/kuma-dp/pkg/dataplane/envoy/compatibility.go): identical strings are
+    compatible, semver or not; otherwise `version` must satisfy Masterminds/semver's `~expected` (same major
+    and minor, patch at least the expected one; a pre-release only matches a pre-release constraint). An
+    unparsable version is incompatible (Kuma: incompatible, with an error it only logs)."""
+    if version == expected:
+        return True
+    got, want = _semver(version), _semver(expected)
+    if got is None or want is None:
         return False
-    g = tuple(int(x) for x in got.groups())
-    w = tuple(int(x) for x in want.groups())
-    return g[:2] == w[:2] and g[2] >= w[2]
+    if got[3] and not want[3]:
+        return False
+    upper = (want[0] + 1, 0, 0) if want[4] == 1 else (want[0], want[1] + 1, 0)
+    if got[:3] < want[:3] or got[:3] >= upper:
+        return False
+    if got[:3] == want[:3] and got[3] != want[3]:
+        return _prerelease_key(got[3]) >= _prerelease_key(want[3])
+    return True
+
+
+def _prerelease_key(pre: str) -> tuple[int, tuple[tuple[int, int | str], ...]]:
+    """semver precedence of a pre-release: none sorts above any; numeric identifiers below alphanumeric."""
+    if not pre:
+        return (1, ())
+    return (0, tuple((0, int(p)) if p.isdigit() else (1, p) for p in pre.split(".")))
 
 
 def parse_version_output(output: str, expected: str = EXPECTED_ENVOY_VERSION) -> EnvoyVersion:

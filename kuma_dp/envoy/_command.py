@@ -30,7 +30,8 @@ _LEVEL_ALIASES = {"warn": "warning"}
 
 def build_command(opts: EnvoyOptions, *, platform: str = sys.platform) -> list[str]:
     """`envoy --config-path … --drain-time-s N --drain-strategy immediate --disable-hot-restart …`."""
-    drain = max(0, math.ceil(opts.drain_time_s))
+    # Kuma: `Dataplane.DrainTime.Duration/time.Second`, integer division: 1.9s -> 1, 0.5s -> 0 (truncated).
+    drain = max(0, math.trunc(opts.drain_time_s + 1e-9))
     argv = [
         os.fspath(opts.binary),
         "--config-path",

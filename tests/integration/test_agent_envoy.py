@@ -96,7 +96,7 @@ def test_happy_path_envoy_live_and_ready_200(start_agent) -> None:
 def test_admin_on_unix_socket_proxies_envoy_ready(start_agent) -> None:
     agent = start_agent(uds=True)
     resp = agent.wait_ready()
-    assert resp.text == "LIVE"
+    assert resp.text == "LIVE\n"  # Envoy's body unchanged, as Kuma's reporter copies it
     assert resp.headers["x-powered-by"] == "kuma-dp"
 
 

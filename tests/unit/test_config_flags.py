@@ -68,8 +68,6 @@ def test_go_style_flags(parsed: Any) -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--dns-enabled=maybe"], 'strconv.ParseBool: parsing "maybe": invalid syntax'),
-        (["--drain-time", "30"], 'time: missing unit in duration "30"'),
         (["-v", "novalue"], "novalue must be formatted as key=value"),
         (["--bootstrap-source", "cp"], "'cp' is not one of 'remote', 'local'"),
     ],
@@ -78,3 +76,24 @@ def test_bad_flags_are_usage_errors(parsed: Any, argv: list[str], message: str) 
     code, out, _ = parsed(*argv)
     assert code == 2
     assert message in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--dns-enabled=maybe"],
+            'Error: invalid argument "maybe" for "--dns-enabled" flag: strconv.ParseBool: parsing "maybe": '
+            "invalid syntax",
+        ),
+        (
+            ["--drain-time", "30"],
+            'Error: invalid argument "30" for "--drain-time" flag: time: missing unit in duration "30"',
+        ),
+    ],
+)
+def test_bad_go_values_are_pflag_errors(parsed: Any, argv: list[str], message: str) -> None:
+    """spf13/pflag's text for a value its Value.Set refuses; cobra exits 1 (not a usage error)."""
+    code, out, _ = parsed(*argv)
+    assert code == 1
+    assert out.strip() == message

@@ -36,9 +36,9 @@ def test_unix_admin_proxies_envoy_and_tcp_admin_says_ready() -> None:
     a = decide(terminating=False, dns_gate_open=True, envoy_status=200, envoy_body="LIVE", admin_unix=False)
     assert (a.status, a.body) == (200, "READY")
     a = decide(terminating=False, dns_gate_open=True, envoy_status=503, envoy_body="INIT", admin_unix=False)
-    assert (a.status, a.body) == (503, "envoy not ready")
+    assert (a.status, a.body) == (503, "envoy not ready\n")
     a = decide(terminating=False, dns_gate_open=True, envoy_status=None, envoy_body="", admin_unix=True)
-    assert (a.status, a.body) == (503, "envoy not ready")
+    assert (a.status, a.body) == (503, "envoy not ready\n")
 
 
 def test_dns_gate_opens_on_first_records_or_after_15_seconds() -> None:
