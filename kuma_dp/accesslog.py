@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AccessLogStreamer", "parse_line", "streamer_component"]
+__all__ = ["AccessLogFifoError", "AccessLogStreamer", "parse_line", "streamer_component"]
 
 MAX_LINE_BYTES = 1024 * 1024
 DEFAULT_BUFFER_LINES = 10_000
@@ -158,6 +158,15 @@ class _Sender:
                 self.metrics.access_log_lines.labels(address=self.address).inc(len(batch))
 
 
+class AccessLogFifoError(RuntimeError):
+    """The FIFO path holds something that is not our private FIFO and cannot be replaced."""
+
+
+def _private_fifo(st: os.stat_result, uid: int) -> bool:
+    """A FIFO owned by `uid` that nobody else may open."""
+    return stat.S_ISFIFO(st.st_mode) and st.st_uid == uid and not st.st_mode & 0o077
+
+
 class AccessLogStreamer(Component):
     """Creates the FIFO and forwards its lines; resilient (the manager restarts it with backoff).
 
@@ -179,24 +188,65 @@ class AccessLogStreamer(Component):
         self.senders: dict[str, _Sender] = {}
         self.malformed = 0
 
-    def _make_fifo(self) -> None:
-        path = Path(self.fifo_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def _open_fifo(self) -> int:
+        """Create (or reuse our own) FIFO and open its read end; the fd, checked to be our private FIFO.
+
+        Kuma's `accesslogs/streamer.go` removes the path and calls `mkfifo(0666)`; we make it 0600 (Envoy
+        is our child, same uid), so no other local user can inject lines (which would make us connect to
+        any address, from the uid the transparent proxy exempts) or read the logs. A FIFO is reused only
+        when it is ours and private, so Envoy's open write end survives a restart of this component;
+        anything else at the path (another user's FIFO, a file, a symlink) is removed and replaced. The
+        open uses O_NOFOLLOW and the opened fd is checked again, so a swap between check and open is
+        caught rather than trusted.
+        """
+        path = self.fifo_path
+        Path(path).parent.mkdir(mode=0o711, parents=True, exist_ok=True)
+        uid = os.geteuid()
         try:
-            st = path.lstat()
-            if stat.S_ISFIFO(st.st_mode):
-                return
-            path.unlink()  # a stale socket or file from an older agent; Kuma recreates it too
+            st = os.lstat(path)
         except FileNotFoundError:
-            pass
-        os.mkfifo(path, 0o666)
-        os.chmod(path, 0o666)  # Kuma's mode; the umask would narrow mkfifo's
+            st = None
+        if st is not None and not _private_fifo(st, uid):
+            log.warning(
+                "replacing a file at the access-log FIFO path that is not our private FIFO",
+                extra={"fifo": path, "owner": st.st_uid, "mode": stat.filemode(st.st_mode)},
+            )
+            try:
+                os.unlink(path)
+            except OSError as exc:
+                raise AccessLogFifoError(
+                    f"cannot remove {path} (owner uid {st.st_uid}): {exc.strerror}; it is not our FIFO, "
+                    "remove it or use a --work-dir only kuma-dp's user can write to"
+                ) from None
+            st = None
+        if st is None:
+            try:
+                os.mkfifo(path, 0o600)
+            except FileExistsError:
+                raise AccessLogFifoError(
+                    f"{path} was re-created by someone else while we replaced it; use a --work-dir only "
+                    "kuma-dp's user can write to"
+                ) from None
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        opened = os.fstat(fd)
+        if not _private_fifo(opened, uid):
+            os.close(fd)
+            raise AccessLogFifoError(
+                f"{path} changed while we opened it (now owner uid {opened.st_uid}, mode "
+                f"{oct(stat.S_IMODE(opened.st_mode))}); use a --work-dir only kuma-dp's user can write to"
+            )
+        # mkfifo's mode is narrowed by the umask, never widened; fchmod keeps it exactly 0600.
+        os.fchmod(fd, 0o600)
+        return fd
 
     async def run(self) -> None:
-        self._make_fifo()
-        read_fd = os.open(self.fifo_path, os.O_RDONLY | os.O_NONBLOCK)
-        # Our own writer keeps the pipe open between Envoy (re)opens, so reads never see EOF.
-        keep_fd = os.open(self.fifo_path, os.O_WRONLY | os.O_NONBLOCK)
+        read_fd = self._open_fifo()
+        # Our own writer keeps the pipe open between Envoy (re)opens, so reads never see EOF. Opened through
+        # /proc/self/fd: the very FIFO checked above, not whatever the path names now.
+        try:
+            keep_fd = os.open(f"/proc/self/fd/{read_fd}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            keep_fd = os.open(self.fifo_path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=MAX_LINE_BYTES)
         transport, _ = await loop.connect_read_pipe(

@@ -15,6 +15,7 @@ last step before bytes are written.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import logging
 import logging.handlers
 import os
@@ -30,8 +31,10 @@ from pythonjsonlogger.json import JsonFormatter
 __all__ = [
     "LEVELS",
     "AgeAndCountRotatingFileHandler",
+    "EventLimiter",
     "RedactingFilter",
     "add_secret",
+    "quiet_loop_errors",
     "redact",
     "setup_logging",
 ]
@@ -280,3 +283,73 @@ def setup_logging(
     for noisy in ("httpx", "httpcore", "asyncio", "grpc"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if numeric <= logging.DEBUG else logging.WARNING)
     return handler
+
+
+class EventLimiter:
+    """One log line per kind of event per `interval` seconds; repeats in between are counted and the count
+    rides on the next line. For events a peer can trigger at will (a refused connection, an oversized body,
+    descriptor exhaustion), so an attack costs a few lines a minute, never a flood. Thread-safe."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 30.0) -> None:
+        self.logger = logger
+        self.interval = interval
+        self.counts: dict[str, int] = {}
+        self._last: dict[str, float] = {}
+        self._unlogged: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, kind: str) -> int | None:
+        """Count one `kind` event; None when it must stay silent, else how many went unlogged before it."""
+        now = time.monotonic()
+        with self._lock:
+            self.counts[kind] = self.counts.get(kind, 0) + 1
+            last = self._last.get(kind)
+            if last is not None and now - last < self.interval:
+                self._unlogged[kind] = self._unlogged.get(kind, 0) + 1
+                return None
+            self._last[kind] = now
+            return self._unlogged.pop(kind, 0)
+
+    def log(self, kind: str, level: int, msg: str, *args: Any) -> bool:
+        """Log `msg % args` unless a `kind` line went out within `interval`; True when logged."""
+        more = self.allow(kind)
+        if more is None:
+            return False
+        if more:
+            msg += " (%d more since the last report)"
+            args = (*args, more)
+        self.logger.log(level, msg, *args)
+        return True
+
+
+#: accept()/socket errors that mean the process is out of descriptors or buffers.
+_EXHAUSTION_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def quiet_loop_errors(loop: Any, interval: float = 30.0) -> EventLimiter:
+    """Replace the asyncio loop's exception handler with a rate-limited one.
+
+    asyncio's default logs a full traceback for every failed accept() (each paused 1 s) and every unhandled
+    callback error; under descriptor exhaustion that is thousands of tracebacks. Here descriptor exhaustion
+    is one line naming the cause and the fix, and any other kind of error keeps its traceback but at most
+    once per `interval` seconds per kind.
+    """
+    limiter = EventLimiter(logging.getLogger("kuma_dp.loop"), interval)
+
+    def handler(lp: Any, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        message = str(context.get("message") or "unhandled error in the event loop")
+        if isinstance(exc, OSError) and exc.errno in _EXHAUSTION_ERRNOS:
+            limiter.log(
+                f"exhausted:{message}",
+                logging.WARNING,
+                "%s: %s; raise the open-file limit (LimitNOFILE, ulimit -n) if this is not an attack",
+                message,
+                exc.strerror or exc,
+            )
+            return
+        if limiter.allow(f"{message}:{type(exc).__name__}") is not None:
+            lp.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+    return limiter

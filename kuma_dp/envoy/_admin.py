@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,15 +69,82 @@ def admin_address_from_bootstrap(bootstrap: dict[str, Any]) -> AdminAddress:
     return AdminAddress(host=host, port=port)
 
 
-def load_bootstrap(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Parse a bootstrap YAML/JSON file; the C loader when present, since bootstraps can be large."""
+#: A bootstrap up to this size is parsed whole (as Kuma's `remote_bootstrap.go` parses it into the Bootstrap
+#: proto), so a malformed one fails before Envoy starts. A YAML parse costs about 100x the text in time and
+#: 10-40x in memory (a 40 MB bootstrap: minutes and GBs on a busy node), so a bigger one is read by its
+#: top-level keys and only its `admin` section is parsed; Envoy validates the rest when it loads the file.
+FULL_PARSE_MAX_BYTES = 1024 * 1024
+
+# A top-level key line of block-style YAML (as kuma-cp and `bootstrap.render` write it): column 0, a plain or
+# quoted key, a colon followed by a space or the end of the line.
+_TOP_KEY = re.compile(r"""^(?:"([^"\n]*)"|'([^'\n]*)'|([A-Za-z_][\w.-]*))[ \t]*:(?:[ \t]|$)""", re.M)
+# Any other line at column 0 that is not a comment, a blank, a block-sequence item or a document marker.
+_OTHER_COL0 = re.compile(r"^(?![ \t#\r\n-]|\.\.\.|$).", re.M)
+
+
+class BootstrapFormatError(ValueError):
+    """The bootstrap text is not an Envoy bootstrap we can use; the message says why and what to do."""
+
+
+def _parse_yaml(text: str) -> Any:
     import yaml
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    data = yaml.load(Path(path).read_text(), Loader=loader)
-    if not isinstance(data, dict):
-        raise AdminError(f"{path} is not an Envoy bootstrap (a YAML mapping)")
-    return data
+    try:
+        return yaml.load(text, Loader=loader)
+    except yaml.YAMLError as exc:
+        raise BootstrapFormatError(f"not valid YAML: {exc}") from None
+    except RecursionError:
+        raise BootstrapFormatError("not valid YAML: nested too deeply") from None
+
+
+def parse_bootstrap(data: bytes | str) -> dict[str, Any]:
+    """The bootstrap as a mapping, within bounded time and memory whatever its size.
+
+    Up to FULL_PARSE_MAX_BYTES the whole document is parsed. Above, the result maps every top-level key to
+    None except `admin`, which is parsed: the agent needs only the admin address, and the file is handed to
+    Envoy as it is. A large bootstrap must then be block-style YAML (what kuma-cp renders); anything else is
+    refused with a BootstrapFormatError rather than parsed at unbounded cost.
+    """
+    if isinstance(data, bytes):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BootstrapFormatError(f"not UTF-8 text: {exc}") from None
+    else:
+        text = data
+    if len(text) <= FULL_PARSE_MAX_BYTES:
+        doc = _parse_yaml(text)
+        if not isinstance(doc, dict):
+            raise BootstrapFormatError("not a YAML mapping")
+        return doc
+    keys = list(_TOP_KEY.finditer(text))
+    if not keys or _OTHER_COL0.search(text[: keys[0].start()]):
+        raise BootstrapFormatError(
+            f"a bootstrap of {len(text)} bytes (over {FULL_PARSE_MAX_BYTES} bytes) must be block-style YAML "
+            "with its top-level keys at column 0, as kuma-cp renders it"
+        )
+    out: dict[str, Any] = {}
+    for i, match in enumerate(keys):
+        name = next(g for g in match.groups() if g is not None)
+        out[name] = None
+        if name != "admin":
+            continue
+        end = keys[i + 1].start() if i + 1 < len(keys) else len(text)
+        section = text[match.start() : end]
+        if len(section) > FULL_PARSE_MAX_BYTES:
+            raise BootstrapFormatError(f"its admin section has {len(section)} bytes; far more than needed")
+        parsed = _parse_yaml(section)
+        out["admin"] = parsed.get(name) if isinstance(parsed, dict) else None
+    return out
+
+
+def load_bootstrap(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a bootstrap YAML/JSON file with `parse_bootstrap` (bounded whatever its size)."""
+    try:
+        return parse_bootstrap(Path(path).read_bytes())
+    except BootstrapFormatError as exc:
+        raise AdminError(f"{path} is not an Envoy bootstrap: {exc}") from None
 
 
 def is_loopback_host(host: str) -> bool:

@@ -14,9 +14,11 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from typing import TextIO
 
 from kuma_dp.component import Component
 
@@ -45,6 +47,55 @@ def _pdeathsig_preexec() -> Callable[[], None] | None:
     return arm
 
 
+#: Envoy's output is forwarded in lines; a line longer than this is cut at a separator and forwarded in
+#: pieces (a token never contains one, so no piece holds part of a token that the next piece completes).
+_MAX_LINE = 256 * 1024
+_SEPARATORS = re.compile(rb"[\s\"',;]")
+
+
+def needs_redaction(log_level: str, component_log_level: str) -> bool:
+    """Whether Envoy's output must go through the agent's redaction.
+
+    At debug and trace Envoy dumps request headers (its gRPC client's `authorization` metadata, the
+    dataplane token, in the router's "decoding headers" lines) and parts of its configuration; at info and
+    above it logs neither. So only then is its output piped through `kuma_dp.logs.redact`, and otherwise it
+    writes to our stderr directly, at no cost."""
+    levels = [log_level, *(part.rpartition(":")[2] for part in component_log_level.split(",") if part)]
+    return any(level.strip().lower() in ("debug", "trace") for level in levels)
+
+
+async def _pump_redacted(stream: asyncio.StreamReader, out: TextIO) -> None:
+    """Copy `stream` to `out` line by line with secrets redacted (kuma_dp.logs.redact)."""
+    from kuma_dp.logs import redact
+
+    target = getattr(out, "buffer", None)
+    pending = b""
+
+    def emit(data: bytes) -> None:
+        text = redact(data.decode("utf-8", "replace"))
+        try:
+            if target is not None:
+                target.write(text.encode("utf-8", "replace"))
+                target.flush()
+            else:
+                out.write(text)
+                out.flush()
+        except (OSError, ValueError):
+            pass  # our own output is gone (closed stderr): keep draining so Envoy never blocks
+
+    while chunk := await stream.read(64 * 1024):
+        pending += chunk
+        cut = pending.rfind(b"\n") + 1
+        if not cut and len(pending) > _MAX_LINE:
+            seps = list(_SEPARATORS.finditer(pending, 0, len(pending) - 1))
+            cut = seps[-1].end() if seps else len(pending)
+        if cut:
+            emit(pending[:cut])
+            pending = pending[cut:]
+    if pending:
+        emit(pending)
+
+
 class EnvoyExitedError(RuntimeError):
     """Envoy ended by itself; `returncode` follows asyncio (negative = killed by that signal)."""
 
@@ -70,12 +121,14 @@ class EnvoyComponent(Component):
         stop_timeout: float = 5.0,
         env: dict[str, str] | None = None,
         on_exit: Callable[[int], None] | None = None,
+        redact_output: bool = False,
     ) -> None:
         super().__init__()
         self.argv = list(argv)
         self.stop_timeout = stop_timeout
         self.env = env
         self.on_exit = on_exit
+        self.redact_output = redact_output
         self.process: asyncio.subprocess.Process | None = None
 
     @property
@@ -84,20 +137,33 @@ class EnvoyComponent(Component):
 
     async def run(self) -> None:
         log.info("starting Envoy argv=%s", " ".join(self.argv))
+        pipe = asyncio.subprocess.PIPE if self.redact_output else None
         self.process = await asyncio.create_subprocess_exec(
             *self.argv,
             stdin=asyncio.subprocess.DEVNULL,
+            stdout=pipe,
+            stderr=pipe,
             env=self.env,
             preexec_fn=_pdeathsig_preexec(),
             process_group=0,
         )
         log.info("Envoy started pid=%d", self.process.pid)
+        pumps: list[asyncio.Task[None]] = []
+        if self.process.stdout is not None and self.process.stderr is not None:
+            pumps = [
+                asyncio.create_task(_pump_redacted(self.process.stdout, sys.stdout)),
+                asyncio.create_task(_pump_redacted(self.process.stderr, sys.stderr)),
+            ]
         self.ready.set()
         try:
             returncode = await self.process.wait()
+            if pumps:  # Envoy's last words (why it exited) are in the pipes: forward them before returning
+                await asyncio.wait(pumps, timeout=2.0)
         finally:
             if self.process.returncode is None:
                 await self.stop()
+            for pump in pumps:
+                pump.cancel()
             if self.on_exit is not None and self.process.returncode is not None:
                 self.on_exit(self.process.returncode)
         if returncode != 0:

@@ -19,11 +19,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import errno
 import json
 import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -39,6 +41,7 @@ from kuma_dp.bootstrap.render import (
     render_bootstrap,
 )
 from kuma_dp.component import Component
+from kuma_dp.logs import EventLimiter
 from kuma_dp_dev.devcp.state import StateError, parse_dataplane
 from kuma_dp_dev.devcp.tls import TLSFiles, load_server_tls
 
@@ -266,7 +269,7 @@ class BootstrapService:
             return _empty(500)
         try:
             request = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deeply
             return _empty(400)
         if not isinstance(request, dict) or any(
             request.get(k) is not None
@@ -277,8 +280,13 @@ class BootstrapService:
         lower = {k.lower(): v for k, v in headers.items()}
         try:
             status, out_headers, out = self._generate(request, lower)
+        except RecursionError:
+            _events.log("nested", logging.WARNING, "bootstrap: refused a request nested too deeply (400)")
+            return _text(400, "the request is nested too deeply")
         except Exception:
-            log.exception("bootstrap: could not generate a bootstrap configuration")
+            # A bug, or input we did not foresee: the traceback once per kind and interval, never a flood.
+            if _events.allow("generate-failed") is not None:
+                log.exception("bootstrap: could not generate a bootstrap configuration")
             return _empty(500)
         log.info(
             "bootstrap mesh=%s name=%s status=%d", request.get("mesh", ""), request.get("name", ""), status
@@ -358,7 +366,26 @@ class BootstrapService:
 # -- the HTTP edge ---------------------------------------------------------------------------------------
 
 
+#: kuma-cp's bootstrap requests are a few KiB (the Dataplane, a CA): a body over this is refused with 413
+#: from its Content-Length, or as soon as a chunked one passes it, before more is read.
+MAX_REQUEST_BODY_BYTES = 1024 * 1024
+#: A connection that sends nothing for this long (idle keep-alive, a half-sent request) is closed.
+IDLE_TIMEOUT = 10.0
+#: At most this many requests are served at once, each in its own thread; over it, a connection gets a 503
+#: at once from the accepting thread instead of a thread of its own.
+MAX_THREADS = 32
+#: After an early answer (413), how long the client's remaining bytes are read and discarded before closing.
+LINGER = 2.0
+
+#: Rate-limited lines for what a client can trigger at will (kuma_dp.logs.EventLimiter).
+_events = EventLimiter(log, 30.0)
+
+
 class _ChunkError(Exception):
+    pass
+
+
+class _TooLarge(Exception):
     pass
 
 
@@ -366,15 +393,19 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "kuma-dp-devcp"
     sys_version = ""
+    timeout = IDLE_TIMEOUT  # socket timeout: BaseHTTPRequestHandler.setup applies it to every read
     service: ClassVar[BootstrapService]
 
     def _read_body(self) -> bytes | None:
+        """The body, None when it could not be read; raises _TooLarge over MAX_REQUEST_BODY_BYTES."""
         try:
             if "chunked" in (self.headers.get("transfer-encoding") or "").lower():
                 return self._read_chunked()
             length = int(self.headers.get("content-length") or 0)
             if length < 0:
                 return None
+            if length > MAX_REQUEST_BODY_BYTES:
+                raise _TooLarge(f"Content-Length {length}")
             data = self.rfile.read(length)
             return data if len(data) == length else None
         except (OSError, ValueError, _ChunkError):
@@ -382,6 +413,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _read_chunked(self) -> bytes:
         parts = []
+        total = 0
         while True:
             line = self.rfile.readline(65537)
             try:
@@ -392,6 +424,9 @@ class _Handler(BaseHTTPRequestHandler):
                 while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
                     pass
                 return b"".join(parts)
+            total += size
+            if total > MAX_REQUEST_BODY_BYTES:
+                raise _TooLarge("chunked")
             chunk = self.rfile.read(size)
             if len(chunk) != size:
                 raise _ChunkError
@@ -399,14 +434,45 @@ class _Handler(BaseHTTPRequestHandler):
             self.rfile.readline(3)
 
     def _dispatch(self) -> None:
-        body = self._read_body()
+        try:
+            body = self._read_body()
+        except _TooLarge as exc:
+            _events.log(
+                "too-large", logging.WARNING,
+                "bootstrap-http: refused a request body from %s over the %d-byte limit (%s) with 413",
+                self.client_address[0], MAX_REQUEST_BODY_BYTES, exc,
+            )  # fmt: skip
+            self.close_connection = True
+            self._send(413, {"content-type": "text/plain; charset=utf-8"},
+                       f"request body over the {MAX_REQUEST_BODY_BYTES}-byte limit\n".encode())  # fmt: skip
+            self._linger()
+            return
         if body is None:
             self.close_connection = True
         status, headers, payload = self.service.handle(self.command, self.path, dict(self.headers), body)
+        self._send(status, headers, payload)
+
+    def _linger(self) -> None:
+        """nginx's lingering close: after answering early, stop sending and discard what the client still
+        sends for at most LINGER seconds, so that closing does not reset the connection (a reset drops
+        the answer from the client's receive buffer before it reads it)."""
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + LINGER
+            self.connection.settimeout(0.5)
+            while time.monotonic() < deadline and self.connection.recv(65536):
+                pass
+        except OSError:
+            pass
+
+    def _send(self, status: int, headers: Mapping[str, str], payload: bytes) -> None:
         self.send_response(status)
         for key, value in headers.items():
             self.send_header(key, value)
         self.send_header("content-length", str(len(payload)))
+        if self.close_connection:
+            self.send_header("connection", "close")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(payload)
@@ -417,10 +483,67 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("bootstrap-http %s " + format, self.address_string(), *args)
 
 
+_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
 class _Server(ThreadingHTTPServer):
+    """ThreadingHTTPServer with bounds: at most MAX_THREADS request threads (a 503 beyond), each connection
+    idle at most IDLE_TIMEOUT, and an accept that backs off with one log line when descriptors run out
+    (socketserver retries a failed accept at once: a busy loop)."""
+
     daemon_threads = True
     block_on_close = False
     ssl_context: ssl.SSLContext | None = None
+    request_queue_size = 128
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(MAX_THREADS)
+        self._backoff = 0.0
+
+    def get_request(self) -> tuple[Any, Any]:
+        try:
+            request = super().get_request()
+        except OSError as exc:
+            if exc.errno in _EXHAUSTED:
+                self._backoff = min(max(self._backoff * 2, 0.01), 1.0)
+                _events.log(
+                    "exhausted", logging.WARNING,
+                    "bootstrap-http: cannot accept connections: %s; pausing accepts up to 1s (raise the "
+                    "open-file limit, ulimit -n, if this is not an attack)", exc.strerror,
+                )  # fmt: skip
+                time.sleep(self._backoff)
+            raise
+        self._backoff = 0.0
+        return request
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            _events.log(
+                "busy", logging.WARNING,
+                "bootstrap-http: %d requests in progress; answered %s with 503",
+                MAX_THREADS, client_address[0],
+            )  # fmt: skip
+            try:
+                request.settimeout(1)
+                request.sendall(
+                    b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                )
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         # The TLS handshake runs in the connection's thread, so a slow client cannot stall accept().

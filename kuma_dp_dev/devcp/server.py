@@ -11,13 +11,14 @@ HTTP/2 client preface goes to gRPC, anything else to /bootstrap. Each of the thr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
+import socket
 import ssl
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from kuma_dp._http import AcceptGuard, Connection
 from kuma_dp.component import Component, run_components
 
 from .ads import AdsServer, AdsServerComponent
@@ -45,10 +46,22 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         pass
 
 
+#: At most this many client connections at once on the public port (each costs two descriptors here and one
+#: behind); over it, connections that have not sent a byte yet are shed first (kuma_dp._http.AcceptGuard).
+MAX_CONNECTIONS = 256
+#: A client must send its first bytes (HTTP request line or HTTP/2 preface) within this many seconds.
+FIRST_BYTES_TIMEOUT = 10.0
+
+
 class _FrontEnd(Component):
     """The public port: TLS when configured; each connection is piped to the internal port `target(first
     bytes)` names (closed when it names none). `on_bound(port)` hears the bound port before the first
-    connection is served."""
+    connection is served.
+
+    The accept loop is kuma_dp._http.AcceptGuard: a connection cap, idle connections (no first bytes yet)
+    shed first, a first-bytes timeout, and a back-off with one log line when descriptors run out, so idle
+    or half-open clients cannot keep /bootstrap and ADS from serving the others.
+    """
 
     name = "devcp-front"
 
@@ -59,6 +72,7 @@ class _FrontEnd(Component):
         ssl_ctx: ssl.SSLContext | None,
         target: Callable[[bytes], int | None],
         on_bound: Callable[[int], None],
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         super().__init__()
         self.host = host
@@ -66,50 +80,48 @@ class _FrontEnd(Component):
         self.ssl_ctx = ssl_ctx
         self.target = target
         self.on_bound = on_bound
-        self._conns: set[asyncio.Task[None]] = set()
+        self.guard = AcceptGuard("dev control plane", max_connections=max_connections)
 
     async def run(self) -> None:
-        server = await asyncio.start_server(self._route, self.host, self.port, ssl=self.ssl_ctx)
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
         try:
-            self.port = int(server.sockets[0].getsockname()[1])
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host, self.port))
+            sock.listen(512)
+            sock.setblocking(False)
+            self.port = int(sock.getsockname()[1])
             self.on_bound(self.port)
             self.ready.set()
-            await asyncio.Future()  # until cancelled
+            await self.guard.serve(sock, self._route, limit=65536, ssl=self.ssl_ctx)
         finally:
-            server.close()
-            for task in list(self._conns):
-                task.cancel()
-            for task in list(self._conns):
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 2)
+            sock.close()
 
-    async def _route(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._conns.add(task)
+    async def _route(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: Connection
+    ) -> None:
         upstream_writer: asyncio.StreamWriter | None = None
         try:
             buf = b""
-            while len(buf) < len(H2_PREFACE) and H2_PREFACE.startswith(buf):
-                chunk = await reader.read(65536)
-                if not chunk:
-                    break
-                buf += chunk
+            async with asyncio.timeout(FIRST_BYTES_TIMEOUT):
+                while len(buf) < len(H2_PREFACE) and H2_PREFACE.startswith(buf):
+                    chunk = await reader.read(65536)
+                    if not chunk:
+                        break
+                    buf += chunk
             target = self.target(buf) if buf else None
             if target is None:
                 return
+            conn.busy()
             up_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", target)
             upstream_writer.write(buf)
             await asyncio.gather(_pipe(reader, upstream_writer), _pipe(up_reader, writer))
-        except (ConnectionError, OSError, ssl.SSLError):
+        except (ConnectionError, OSError, ssl.SSLError, TimeoutError):
             pass
         finally:
             for w in (upstream_writer, writer):
                 if w is not None:
                     w.close()
-            self._conns.discard(task)
 
 
 class DevControlPlane(Component):
@@ -152,6 +164,10 @@ class DevControlPlane(Component):
 
     async def run(self) -> None:
         from kuma_dp.bootstrap.render import RenderParams
+        from kuma_dp.logs import quiet_loop_errors
+
+        # One line, not a traceback per attempt, when a client floods us (grpc.aio and asyncio accept loops).
+        quiet_loop_errors(asyncio.get_running_loop())
 
         from .bootstrap_server import BootstrapServerComponent, BootstrapService
 

@@ -107,7 +107,7 @@ def test_access_log_buffer_drops_then_reconnects(short_tmp: Path) -> None:
         streamer = AccessLogStreamer(fifo, buffer_lines=capacity, metrics=metrics)
         task = asyncio.create_task(streamer.run())
         await asyncio.wait_for(streamer.ready.wait(), 10)
-        assert os.path.exists(fifo) and oct(os.stat(fifo).st_mode & 0o777) == "0o666"
+        assert os.path.exists(fifo) and oct(os.stat(fifo).st_mode & 0o777) == "0o600"
         await asyncio.wait_for(asyncio.to_thread(write_like_envoy), 30)
         await wait_until_async(lambda: streamer.malformed == 1, 20, "the malformed line", interval=0.02)
         sender = streamer.senders[address]
