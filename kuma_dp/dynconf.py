@@ -22,7 +22,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from kuma_dp import _http
 from kuma_dp.component import Component
@@ -65,6 +65,9 @@ class ConfigFetcher(Component):
         self.interval = interval
         self.timeout = timeout
         self.paths: dict[str, PathHandler] = {}
+        #: Handlers registered late: read at the start of run(), so components resolved after the fetcher
+        #: (MeshMetric's "/meshmetric", the OpenTelemetry pipe's "/otel") are polled too.
+        self.sources: list[dict[str, Any]] = []
 
     def register(self, path: str, handler: Handler, not_modified: Callable[[], object] | None = None) -> None:
         """Add a path: `handler(body, etag)` (sync or async) runs on every 200; raise to reject the body."""
@@ -72,7 +75,18 @@ class ConfigFetcher(Component):
             raise ValueError(f"dynconf path must start with '/': {path!r}")
         self.paths[path] = PathHandler(handler, not_modified)
 
+    def _register_sources(self) -> None:
+        for source in self.sources:
+            for path, h in source.items():
+                if path in self.paths:
+                    continue
+                if isinstance(h, tuple):
+                    self.register(path, h[0], h[1])
+                else:
+                    self.register(path, h)
+
     async def run(self) -> None:
+        self._register_sources()
         self.ready.set()
         while True:
             await self.poll_once()
@@ -117,18 +131,12 @@ class ConfigFetcher(Component):
             ph.etag = etag
 
 
-def from_agent(ctx: AgentContext) -> ConfigFetcher | None:
-    """Agent factory: registers the handlers other components put in `ctx.dynconf_handlers` (path -> handler
-    or (handler, not_modified)); with none, the fetcher is not started.
+def from_agent(ctx: AgentContext) -> ConfigFetcher:
+    """Agent factory: polls the paths other components put in `ctx.dynconf_handlers` (path -> handler or
+    (handler, not_modified)), including those added by factories resolved after this one ("/meshmetric" is
+    always there, as in Kuma, so the fetcher always runs).
     """
-    handlers = ctx.dynconf_handlers
-    if not handlers:
-        return None
     interval = ctx.cfg.dataplane_runtime.dynamic_configuration_refresh_interval or DEFAULT_INTERVAL
     fetcher = ConfigFetcher(dynconf_socket_path(ctx.work_dir), interval=interval)
-    for path, h in handlers.items():
-        if isinstance(h, tuple):
-            fetcher.register(path, h[0], h[1])
-        else:
-            fetcher.register(path, h)  # type: ignore[arg-type]
+    fetcher.sources.append(ctx.dynconf_handlers)
     return fetcher

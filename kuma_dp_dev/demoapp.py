@@ -38,7 +38,15 @@ def make_server(service: str, instance: str, port: int, upstream: str | None = N
             status = 200
             if upstream:
                 try:
-                    with urllib.request.urlopen(upstream + self.path, timeout=5) as resp:
+                    # Pass the trace context on, as an instrumented app does, so both Envoys' spans
+                    # form one trace (W3C traceparent from Envoy's OpenTelemetry tracer, x-request-id).
+                    context = {
+                        k: v
+                        for k, v in self.headers.items()
+                        if k.lower() in ("traceparent", "tracestate", "x-request-id")
+                    }
+                    req = urllib.request.Request(upstream + self.path, headers=context)
+                    with urllib.request.urlopen(req, timeout=5) as resp:
                         body["upstream"] = {
                             "status": resp.status,
                             "headers": dict(resp.headers.items()),

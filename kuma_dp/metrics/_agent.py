@@ -88,6 +88,37 @@ class AgentMetrics:
         self.access_log_connected = Gauge(
             "kuma_dp_access_log_connected", "1 while the TCP sender is connected.", ["address"], registry=r
         )
+        self.otel_forwarded = Counter(
+            "kuma_dp_otel_forwarded_requests",
+            "OTLP export requests forwarded from the OpenTelemetry pipe to the collector.",
+            ["backend", "signal"],
+            registry=r,
+        )
+        self.otel_dropped = Counter(
+            "kuma_dp_otel_dropped_requests",
+            "OTLP export requests dropped by the OpenTelemetry pipe (buffer_full, retries_exhausted, "
+            "rejected, signal_disabled, shutdown).",
+            ["backend", "signal", "reason"],
+            registry=r,
+        )
+        self.otel_retries = Counter(
+            "kuma_dp_otel_export_retries",
+            "Retried OTLP exports to the collector.",
+            ["backend", "signal"],
+            registry=r,
+        )
+        self.otel_buffered_bytes = Gauge(
+            "kuma_dp_otel_buffered_bytes",
+            "OTLP payload bytes waiting for the collector.",
+            ["backend", "signal"],
+            registry=r,
+        )
+        self.meshmetric_pushes = Counter(
+            "kuma_dp_meshmetric_otlp_pushes",
+            "MeshMetric pushes to OpenTelemetry backends, by result.",
+            ["backend", "result"],
+            registry=r,
+        )
 
     # -- Envoy -------------------------------------------------------------------------------------
     def envoy_started(self) -> None:

@@ -93,28 +93,64 @@ def response_format(content_type: str | None) -> ContentFormat:
     return ContentFormat.UNKNOWN
 
 
+#: prometheus/common's default `model.NameEscapingScheme` (underscores), echoed in the negotiated type.
+_ESCAPINGS = ("allow-utf-8", "underscores", "dots", "values")
+_PROTO_TYPE = "application/vnd.google.protobuf"
+_PROTO_PROTOCOL = "io.prometheus.client.MetricFamily"
+
+
+def _parse_accept(header: str | None) -> list[tuple[str, str, dict[str, str]]]:
+    """goautoneg.ParseAccept: (type, subtype, params) by q descending, specific types before wildcards."""
+    items: list[tuple[float, int, int, int, tuple[str, str, dict[str, str]]]] = []
+    for index, part in enumerate((header or "").split(",")):
+        media, *params = part.strip().split(";")
+        kind, _, sub = media.partition("/")
+        kind, sub = kind.strip(), sub.strip()
+        if not _:
+            if kind != "*":
+                continue
+            sub = "*"
+        q = 1.0
+        parsed: dict[str, str] = {}
+        for param in params:
+            key, eq, value = param.partition("=")
+            if not eq:
+                continue
+            if key.strip() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+            else:
+                parsed[key.strip()] = value.strip()
+        items.append((-q, kind == "*", sub == "*", index, (kind, sub, parsed)))
+    items.sort(key=lambda t: t[:4])
+    return [t[4] for t in items]
+
+
+def negotiate_content_type(accept: str | None) -> str:
+    """prometheus/common `expfmt.Negotiate` (what Kuma answers for its own pages): the text format unless the
+    scraper asks for protobuf; never OpenMetrics. The escaping scheme is echoed as expfmt does."""
+    escaping = "underscores"
+    for kind, sub, params in _parse_accept(accept):
+        if params.get("escaping") in _ESCAPINGS:
+            escaping = params["escaping"]
+        version = params.get("version", "")
+        if f"{kind}/{sub}" == _PROTO_TYPE and params.get("proto") == _PROTO_PROTOCOL:
+            encoding = params.get("encoding")
+            if encoding in ("delimited", "text", "compact-text"):
+                # We only write the text format: answering a protobuf type with a text body (as Kuma's
+                # hijacker does) would break the scraper, so the text type is announced instead.
+                break
+        if kind == "text" and sub == "plain" and version in ("0.0.4", ""):
+            break
+    return f"{ContentFormat.TEXT.value}; escaping={escaping}"
+
+
 def negotiate(accept: str | None) -> ContentFormat:
-    """The scraper's preferred format we can produce, by q-value; text when nothing matches (expfmt)."""
-    best: tuple[float, int, ContentFormat] | None = None
-    for index, item in enumerate((accept or "").split(",")):
-        if not item.strip():
-            continue
-        kind, params = _media(item)
-        try:
-            q = float(params.get("q", "1"))
-        except ValueError:
-            q = 0.0
-        fmt: ContentFormat | None = None
-        if kind == "application/openmetrics-text":
-            version = params.get("version", "")
-            fmt = ContentFormat.OPENMETRICS_1_0_0 if version == "1.0.0" else ContentFormat.OPENMETRICS_0_0_1
-            if version not in ("", "0.0.1", "1.0.0"):
-                fmt = None
-        elif kind in ("text/plain", "*/*", "text/*"):
-            fmt = ContentFormat.TEXT
-        if fmt is not None and q > 0 and (best is None or (q, -index) > (best[0], best[1])):
-            best = (q, -index, fmt)
-    return best[2] if best else ContentFormat.TEXT
+    """The format `expfmt.Negotiate` picks among those we write: always the text format."""
+    negotiate_content_type(accept)
+    return ContentFormat.TEXT
 
 
 def select_content_type(received: Iterable[ContentFormat], accept: str | None) -> ContentFormat:
@@ -127,18 +163,47 @@ def select_content_type(received: Iterable[ContentFormat], accept: str | None) -
 
 
 def merge_bodies(bodies: Iterable[bytes], fmt: ContentFormat) -> bytes:
-    """Concatenate pages, drop every `# EOF`, and end with one `# EOF` when the result is OpenMetrics."""
-    out = bytearray()
+    """Kuma's `processMetrics`: strip each body's trailing `# EOF`, concatenate, drop every blank line (an
+    OpenMetrics parser rejects them), and end with one `# EOF` when the result is OpenMetrics."""
+    buf = bytearray()
     for body in bodies:
-        if not body:
-            continue
-        lines = [line for line in body.split(b"\n") if line.strip() != b"# EOF"]
-        chunk = b"\n".join(lines).strip(b"\n")
-        if chunk:
-            out += chunk + b"\n"
+        body = body.rstrip(b"\n")
+        body = body.removesuffix(b"# EOF").rstrip(b"\n")
+        buf += body + b"\n"
+    # processNewlineChars: collapse runs of newlines, then trim surrounding whitespace
+    out = b"\n".join(line for line in bytes(buf).split(b"\n") if line).strip() + b"\n"
     if fmt in (ContentFormat.OPENMETRICS_1_0_0, ContentFormat.OPENMETRICS_0_0_1):
         out += b"# EOF\n"
-    return bytes(out)
+    return out
+
+
+Query = list[tuple[str, str]]
+
+
+def add_prometheus_format(query: Query) -> Query:
+    """Kuma's `AddPrometheusFormat` (url.Values.Add: appended)."""
+    return [*query, ("format", "prometheus"), ("text_readouts", "")]
+
+
+def add_sidecar_parameters(query: Query) -> Query:
+    """Kuma's `AddSidecarParameters`: `usedonly` set to EnvoyMetricsFilter's value, which is "" whether or
+    not the policy asks for unused metrics (Set replaces earlier values)."""
+    return [*((k, v) for k, v in query if k != "usedonly"), ("usedonly", "")]
+
+
+def remove_query_parameters(_: Query) -> Query:
+    """Kuma's `RemoveQueryParameters` (what applications get)."""
+    return []
+
+
+def rewrite_metrics_target(path: str, raw_query: str, *modifiers: Callable[[Query], Query]) -> str:
+    """Kuma's `rewriteMetricsURL` path and query: the scraper's query through the modifiers, encoded as Go's
+    `url.Values.Encode` (sorted by key, values in order, `*` escaped)."""
+    query = parse_qsl(raw_query, keep_blank_values=True)
+    for modifier in modifiers:
+        query = modifier(query)
+    query.sort(key=lambda kv: kv[0])
+    return f"{path}?{urlencode(query)}" if query else path
 
 
 @dataclass(frozen=True)
@@ -239,10 +304,18 @@ class MetricsHijacker(Component):
         self.merge_clusters = merge_clusters
         self._connections: set[asyncio.Task[None]] = set()
         self._warned_sources: set[str] = set()
+        #: Set by the MeshMetric manager: the policy's scraped applications and filtered Envoy stats as text,
+        #: appended under /meshmetric (what Envoy's MeshMetric Prometheus listeners forward to).
+        self.meshmetric_source: Callable[[], Awaitable[bytes]] | None = None
 
     # -- serving -----------------------------------------------------------------------------------
     async def run(self) -> None:
-        _claim_socket_path(self.socket_path)
+        try:
+            _claim_socket_path(self.socket_path)
+        except PathBlocked as exc:
+            log.error("%s", exc)
+            self.ready.set()  # the rest of the agent is unaffected; only this endpoint is missing
+            await asyncio.Future()
         server = await asyncio.start_unix_server(self._on_connection, path=self.socket_path)
         try:
             os.chmod(self.socket_path, 0o600)  # Envoy runs as our user; nobody else needs the page
@@ -269,21 +342,31 @@ class MetricsHijacker(Component):
             self._connections.discard(task)
 
     async def handle(self, request: _http.Request) -> tuple[int, dict[str, str], bytes]:
-        """One HTTP request: `/meshmetric*` from our registry, anything else the merged page."""
+        """One HTTP request: `/meshmetric*` from our registry (and the MeshMetric producer, when a policy
+        applies), anything else the merged page."""
         accept = request.headers.get("accept")
         if request.path.startswith("/meshmetric"):
+            # Kuma: promhttp.HandlerFor(DefaultGatherer), which negotiates with expfmt.Negotiate (text).
             await self._refresh_readiness()
-            fmt = negotiate(accept)
-            body = self._render_registry(fmt)
-            return 200, {"content-type": fmt.value}, merge_bodies([body], fmt)
+            bodies = [self._render_registry(ContentFormat.TEXT)]
+            if self.meshmetric_source is not None:
+                bodies.append(await self.meshmetric_source())
+            page = merge_bodies(bodies, ContentFormat.TEXT)
+            return 200, {"content-type": negotiate_content_type(accept)}, page
         parts, _ = await asyncio.gather(self.scrape(request), self._refresh_readiness())
-        fmt = select_content_type((p.fmt for p in parts), accept)
+        received = [p.fmt for p in parts]
+        fmt = select_content_type(received, accept)
+        negotiated = not any(
+            f in (ContentFormat.OPENMETRICS_1_0_0, ContentFormat.OPENMETRICS_0_0_1, ContentFormat.TEXT)
+            for f in received
+        )
         bodies = [p.body for p in parts]
         if self.include_agent_metrics:
             bodies.append(self._render_registry(fmt, only_prefix=AGENT_PREFIX))
         if self.metrics is not None:
             self.metrics.scrapes.inc()
-        return 200, {"content-type": fmt.value}, merge_bodies(bodies, fmt)
+        content_type = negotiate_content_type(accept) if negotiated else fmt.value
+        return 200, {"content-type": content_type}, merge_bodies(bodies, fmt)
 
     async def _refresh_readiness(self) -> None:
         if self.readiness_state is None or self.metrics is None:
@@ -326,10 +409,7 @@ class MetricsHijacker(Component):
     ) -> _Part | None:
         admin = self.envoy_admin
         assert admin is not None
-        query = parse_qsl(request.query, keep_blank_values=True)
-        query += [("format", "prometheus"), ("text_readouts", "")]
-        query.sort(key=lambda kv: kv[0])  # Go's url.Values.Encode order
-        target = "/stats?" + urlencode(query)
+        target = rewrite_metrics_target("/stats", request.query, add_prometheus_format)
         if admin.socket_path:
             coro = _http.get(target=target, unix_path=admin.socket_path, headers=headers)
         else:
@@ -399,8 +479,19 @@ class MetricsHijacker(Component):
         return None
 
 
+class PathBlocked(Exception):
+    """Something that is not a socket, and that we may not move, occupies the socket path."""
+
+
 def _claim_socket_path(path: str) -> None:
-    """Remove a stale socket left by a crashed agent; refuse one another live agent is serving on."""
+    """Make `path` bindable: remove a stale socket left by a crashed agent; refuse one another live agent is
+    serving on (RuntimeError).
+
+    A non-socket at the path (a planted or leftover file) is never deleted: when it is a regular file of our
+    own uid it is renamed to `<path>.not-a-socket` (its content kept) and the path is used; anything else
+    (another user's file, a directory, a symlink) raises `PathBlocked`, which the hijacker turns into one log
+    line and a disabled endpoint instead of stopping the agent (Kuma renames and deletes whatever is there).
+    """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -408,7 +499,18 @@ def _claim_socket_path(path: str) -> None:
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(st.st_mode):
-        raise RuntimeError(f"{path} exists and is not a socket; remove it or choose another --work-dir")
+        if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid():
+            aside = path + ".not-a-socket"
+            os.replace(path, aside)
+            log.warning(
+                "a regular file occupied the metrics socket path; moved it aside",
+                extra={"path": path, "movedTo": aside},
+            )
+            return
+        raise PathBlocked(
+            f"{path} exists, is not a socket and is not ours to move (uid {st.st_uid}); metrics are not"
+            " served: remove it or choose another --work-dir"
+        )
     import socket
 
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:

@@ -25,7 +25,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["StartupObserver", "hijacker_component", "startup_observer_component"]
+__all__ = [
+    "StartupObserver",
+    "hijacker_component",
+    "meshmetric_component",
+    "otel_pipe_component",
+    "startup_observer_component",
+]
 
 
 def _uses_transparent_proxy(ctx: AgentContext) -> bool:
@@ -54,7 +60,7 @@ def hijacker_component(
         answer = await evaluate(ctx.readiness, ctx.admin)
         return "READY" if answer.status == 200 else "NOT_READY"
 
-    return MetricsHijacker(
+    hijacker = MetricsHijacker(
         metrics_hijacker_socket_path(ctx.work_dir, ctx.cfg.dataplane.name, ctx.cfg.dataplane.mesh),
         ctx.admin.address,
         aggregate,
@@ -63,6 +69,69 @@ def hijacker_component(
         metrics=metrics,
         readiness_state=readiness_state,
     )
+    ctx.components["metrics-hijacker"] = hijacker
+    return hijacker
+
+
+def meshmetric_component(ctx: AgentContext, *, metrics: AgentMetrics | None = None) -> Component:
+    """The MeshMetric manager (always, as Kuma's run.go): polls `/meshmetric`, and feeds the hijacker's
+    `/meshmetric` page and the OTLP pushes."""
+    from prometheus_client import generate_latest
+
+    from kuma_dp.meshmetric import MESHMETRIC_PATH, MeshMetricManager
+    from kuma_dp.versions import __version__
+
+    metrics = metrics or agent_metrics()
+    registry = metrics.registry
+    manager = MeshMetricManager(
+        ctx.admin.address,
+        default_address=str((ctx.sidecar_config.get("networking") or {}).get("address") or "127.0.0.1"),
+        transparent_proxy=_uses_transparent_proxy(ctx),
+        kuma_version=__version__,
+        metrics=metrics,
+        own_registry_text=lambda: generate_latest(registry),
+        drain_time=ctx.cfg.dataplane.drain_time,
+    )
+    ctx.dynconf_handlers[MESHMETRIC_PATH] = manager.on_change
+    hijacker = ctx.components.get("metrics-hijacker")
+    if hijacker is not None:
+        hijacker.meshmetric_source = manager.prometheus_page
+    ctx.components["meshmetric"] = manager
+    return manager
+
+
+def otel_pipe_component(ctx: AgentContext, *, metrics: AgentMetrics | None = None) -> Component | None:
+    """The OpenTelemetry pipe's receivers (`/otel`), only with `otel_pipe_enabled`: without it the agent
+    neither announces `feature-otel-via-kuma-dp` nor listens for OTLP."""
+    if not ctx.cfg.dataplane_runtime.otel_pipe_enabled:
+        return None
+    from kuma_dp.goparse import parse_duration
+    from kuma_dp.meshmetric import ExportTarget
+    from kuma_dp.otel import OTEL_PATH, OtelPipeManager, discover
+
+    meshmetric = ctx.components.get("meshmetric")
+
+    def on_reconcile(running: list[tuple[dict[str, Any], Any]]) -> None:
+        # run.go metricsTargetsForBackends: usable metrics runtimes, refresh from the plan (default 1 min)
+        targets = []
+        for backend, runtime in running:
+            plan = backend.get("metrics")
+            if not runtime.metrics.usable or not isinstance(plan, Mapping):
+                continue
+            try:
+                interval = parse_duration(str(plan.get("refreshInterval") or "")) or 60.0
+            except ValueError:
+                interval = 60.0
+            targets.append(ExportTarget(str(backend.get("name") or ""), str(backend["socketPath"]), interval))
+        if meshmetric is not None:
+            meshmetric.on_pipe_targets(targets)
+
+    manager = OtelPipeManager(
+        discover(True), metrics or agent_metrics(), on_reconcile=on_reconcile, host_ip=ctx.cfg.host_ip or None
+    )
+    ctx.dynconf_handlers[OTEL_PATH] = manager.on_change
+    ctx.components["otel-receiver"] = manager
+    return manager
 
 
 class StartupObserver(Component):

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
+import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -130,12 +132,50 @@ def test_openmetrics_negotiation_keepalive_and_bad_requests(short_tmp: Path) -> 
     asyncio.run(scenario())
 
 
-def test_refuses_a_path_that_is_not_a_socket(short_tmp: Path) -> None:
+def test_regular_file_of_ours_at_the_socket_path_is_moved_aside_not_fatal(short_tmp: Path) -> None:
+    """Issue 13: a planted regular file made the agent exit; now it is moved aside (content kept) and the
+    hijacker serves."""
     path = short_tmp / "kuma-mh-dp-1-default.sock"
     path.write_text("not a socket")
-    with pytest.raises(RuntimeError, match="is not a socket"):
-        asyncio.run(MetricsHijacker(str(path), None).run())
-    assert path.read_text() == "not a socket"
+
+    async def scenario() -> None:
+        hijacker = MetricsHijacker(str(path), None)
+        task = asyncio.create_task(hijacker.run())
+        try:
+            await asyncio.wait_for(hijacker.ready.wait(), 5)
+            assert stat.S_ISSOCK(path.lstat().st_mode)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
+    assert Path(str(path) + ".not-a-socket").read_text() == "not a socket"
+
+
+def test_another_users_file_at_the_socket_path_is_left_alone_and_logged(
+    short_tmp: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to plant a file owned by another uid")
+    path = short_tmp / "kuma-mh-dp-1-default.sock"
+    path.write_text("planted")
+    os.chown(path, 5678, 5678)
+
+    async def scenario() -> None:
+        hijacker = MetricsHijacker(str(path), None)
+        task = asyncio.create_task(hijacker.run())
+        try:
+            await asyncio.wait_for(hijacker.ready.wait(), 5)
+            assert not task.done()  # no crash: the component idles
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    with caplog.at_level("ERROR", logger="kuma_dp.metrics"):
+        asyncio.run(scenario())
+    assert path.read_text() == "planted"
+    lines = [r.getMessage() for r in caplog.records if "not a socket" in r.getMessage()]
+    assert len(lines) == 1 and "uid 5678" in lines[0]
 
 
 def test_ipv6_app_under_transparent_proxy_is_scraped_even_without_passthrough_address(

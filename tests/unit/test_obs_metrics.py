@@ -54,8 +54,9 @@ def test_select_content_type_prefers_what_apps_sent_then_negotiates() -> None:
     assert select_content_type([OM001, ContentFormat.UNKNOWN, TEXT], PROM_ACCEPT) is OM001
     assert select_content_type([TEXT, OM, OM001], None) is OM
     assert select_content_type([TEXT], PROM_ACCEPT) is TEXT
-    # Nothing usable from the apps: the scraper's Accept decides, text when it says nothing we make.
-    assert select_content_type([ContentFormat.UNKNOWN], PROM_ACCEPT) is OM
+    # Nothing usable from the apps: expfmt.Negotiate decides, and it never picks OpenMetrics (Kuma's
+    # "should negotiate content-type based on Accept header").
+    assert select_content_type([ContentFormat.UNKNOWN], PROM_ACCEPT) is TEXT
     assert select_content_type([], "*/*") is TEXT
     assert select_content_type([], "application/json") is TEXT
     assert negotiate("text/plain;q=0.9, application/openmetrics-text;version=0.0.1;q=0.3") is TEXT
