@@ -30,6 +30,7 @@ RUN apt-get update \
     && useradd --system --uid 5678 --gid kuma-dp --home-dir /nonexistent --no-create-home \
         --shell /usr/sbin/nologin kuma-dp
 COPY --from=build /opt/kuma-dp /opt/kuma-dp
+# Kuma's sidecar image has its entrypoint at /usr/bin/kuma-dp; the injector gives only args (`run ...`).
 RUN ln -s /opt/kuma-dp/bin/kuma-dp /usr/bin/kuma-dp
 ENV KUMA_DATAPLANE_RUNTIME_BINARY_PATH=/opt/kuma-dp/bin/envoy
 # uid 5678: the transparent proxy exempts this uid, so Envoy's own upstream traffic is not redirected.

@@ -21,16 +21,24 @@ RUN python3 -m venv /opt/kuma-dp \
     && /opt/kuma-dp/bin/pip install --no-cache-dir --no-deps . \
     && /opt/kuma-dp/bin/pip install --no-cache-dir "click>=8.1" "pyyaml>=6.0" "pyroute2>=0.7.12" \
     && /opt/kuma-dp/bin/pip uninstall -y pip \
-    && /opt/kuma-dp/bin/python -c "import iptables.cli"
+    && /opt/kuma-dp/bin/python -c "import iptables.cli, iptables.kumactl"
 
 FROM debian:bookworm-slim
+# The kuma-dp user (uid 5678) is what the installer excludes when no --kuma-dp-user is given: it looks the
+# name up here, as Kuma's kuma-init image has it.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 iptables nftables \
-    && rm -rf /var/lib/apt/lists/*
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 5678 kuma-dp \
+    && useradd --system --uid 5678 --gid kuma-dp --home-dir /nonexistent --no-create-home \
+        --shell /usr/sbin/nologin kuma-dp
 COPY --from=build /opt/kuma-dp /opt/kuma-dp
 COPY packaging/docker/kuma-init-entrypoint.sh /usr/local/bin/kuma-init-entrypoint
-RUN ln -s /opt/kuma-dp/bin/kuma-init /usr/bin/kuma-init
+# Kuma's injector runs this image as `/usr/bin/kumactl install transparent-proxy ARGS` (its command replaces
+# the entrypoint); `kuma-init ARGS` is the same installer without the kumactl prefix.
+RUN ln -s /opt/kuma-dp/bin/kuma-init /usr/bin/kuma-init \
+    && ln -s /opt/kuma-dp/bin/kumactl /usr/bin/kumactl
 ENV XTABLES_LOCKFILE=/tmp/xtables.lock
 # Installing rules needs root in the pod's namespace (with NET_ADMIN and NET_RAW), as Kuma's kuma-init.
 # hadolint ignore=DL3002
