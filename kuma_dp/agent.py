@@ -60,6 +60,7 @@ from kuma_dp.envoy import (
     build_command,
     find_envoy,
     load_bootstrap,
+    needs_redaction,
 )
 from kuma_dp.readiness import (
     ReadinessPortError,
@@ -82,12 +83,17 @@ BEFORE_ENVOY: list[str] = [
     "kuma_dp.accesslog:streamer_component",
 ]
 #: Components started after Envoy, before the readiness reporter, in Kuma's order (config fetcher, metrics
-#: hijacker), then ours (start-up phase observer, systemd notifier). Same form as BEFORE_ENVOY.
+#: hijacker, MeshMetric manager, OpenTelemetry receivers), then ours (start-up phase observer, systemd
+#: notifier). Same form as BEFORE_ENVOY.
 AFTER_ENVOY: list[str] = [
     "kuma_dp.dynconf:from_agent",
     "kuma_dp.metrics._wiring:hijacker_component",
+    "kuma_dp.metrics._wiring:meshmetric_component",
+    "kuma_dp.metrics._wiring:otel_pipe_component",
     "kuma_dp.metrics:startup_observer_component",
     "kuma_dp.sdnotify:notifier_component",
+    # Kuma adds it last; it does not hold up the start (wait_ready False) and is None when the port is 0.
+    "kuma_dp.probes:from_agent",
 ]
 
 
@@ -108,11 +114,18 @@ class AgentContext:
     #: Dynamic-config path -> handler (or (handler, not_modified)), filled by components started before the
     #: config fetcher (the DNS proxy puts "/dns" here) and registered by it.
     dynconf_handlers: dict[str, Any] = field(default_factory=dict)
+    #: Components by name, for a factory that needs one resolved before it (MeshMetric feeds the hijacker).
+    components: dict[str, Any] = field(default_factory=dict)
 
     def enable_dns_gate(self) -> asyncio.Event:
         """For the DNS component's factory: `/ready` says NOT_READY until the returned event is set
         (at most 15 s).
+
+        Not in Kuma 2.14's CoreDNS mode (`cfg.dns.coredns_compat`): there Kuma's readiness reporter gets no
+        DNS ConfigReady channel (app/kuma-dp/cmd/run.go), so the event returned is one nobody waits on.
         """
+        if self.cfg.dns.coredns_compat:
+            return asyncio.Event()
         self.readiness.dns_gate = True
         return self.readiness.dns_ready
 
@@ -233,10 +246,18 @@ class Agent:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        # asyncio's accept loops (DNS over TCP, the hijacker) log a traceback per EMFILE: one line instead.
+        from kuma_dp.logs import quiet_loop_errors
+
+        quiet_loop_errors(loop)
         handled = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
         loop.add_signal_handler(signal.SIGTERM, self._on_term, "SIGTERM")
         loop.add_signal_handler(signal.SIGINT, self._on_term, "SIGINT")
         loop.add_signal_handler(signal.SIGUSR2, self._on_usr2)
+        # A signal that arrived while the agent was being built is only dispatched on the loop's next turns:
+        # let it reach _on_term now, so the manager does not start Envoy for a run already asked to end.
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
         try:
             # The first SIGTERM/SIGINT sets `_term`: the manager stops starting and awaits the drain, then
             # stops the components in `_stop_order`.
@@ -269,7 +290,8 @@ def _build(
         readiness=ReadinessState(),
         sidecar_config=sidecar_config or {},
     )
-    host = readiness_bind_host(admin_address, on_kubernetes=cfg.pod_name is not None)
+    address = str((ctx.sidecar_config.get("networking") or {}).get("address") or "")
+    host = readiness_bind_host(admin_address, on_kubernetes=cfg.pod_name is not None, ipv6=":" in address)
     sock = bind_readiness_socket(host, cfg.dataplane.readiness_port)
     try:
         if cfg.dataplane.readiness_port == 0:
@@ -290,7 +312,9 @@ def _build(
             for hook in ctx.envoy_exit_hooks:
                 hook(code)
 
-        envoy = EnvoyComponent(argv, on_exit=_envoy_exited)
+        # At debug/trace Envoy prints request headers, the dataplane token among them: filter its output.
+        redact = needs_redaction(rt.envoy_log_level or cfg.log.level, rt.envoy_component_log_level)
+        envoy = EnvoyComponent(argv, on_exit=_envoy_exited, redact_output=redact)
         ctx.envoy = envoy
         # Resolved in order: a factory may rely on what an earlier one put in ctx (the DNS proxy's "/dns"
         # handler before the config fetcher), and Envoy's own place is between the two lists.

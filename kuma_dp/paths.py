@@ -20,11 +20,13 @@ __all__ = [
     "ADMIN_STEM",
     "DYNCONF_STEM",
     "METRICS_HIJACKER_PREFIX",
+    "OTEL_PREFIX",
     "SOCKET_STEM_MAX",
     "access_log_socket_path",
     "admin_socket_path",
     "dynconf_socket_path",
     "metrics_hijacker_socket_path",
+    "otel_socket_path",
     "proxy_socket_path",
     "socket_path",
 ]
@@ -39,6 +41,8 @@ ACCESS_LOG_PREFIX = "kuma-al"
 METRICS_HIJACKER_PREFIX = "kuma-mh"
 #: Envoy's dynamic-configuration listener the agent polls (Kuma `MeshMetricsDynamicConfigurationSocketName`).
 DYNCONF_STEM = "kuma-mesh-metric-config"
+#: An OpenTelemetry backend's socket (Kuma `OpenTelemetrySocketName`).
+OTEL_PREFIX = "kuma-otel"
 #: Envoy's admin API on a unix socket (Kuma `AdminSocketName`, `envoyAdminUnixSocket`).
 ADMIN_STEM = "kuma-envoy-admin"
 
@@ -73,6 +77,13 @@ def metrics_hijacker_socket_path(workdir: str | os.PathLike[str], name: str, mes
 def dynconf_socket_path(workdir: str | os.PathLike[str]) -> str:
     """Envoy's dynamic-configuration socket `<workdir>/kuma-mesh-metric-config.sock`."""
     return socket_path(workdir, DYNCONF_STEM)
+
+
+def otel_socket_path(workdir: str | os.PathLike[str], backend_name: str) -> str:
+    """An OpenTelemetry backend's socket `<workdir>/kuma-otel-<backend>.sock` (Kuma
+    `OpenTelemetrySocketName`): Envoy's inline MeshMetric listener, or the agent's OTLP receiver for the
+    OpenTelemetry pipe."""
+    return socket_path(workdir, f"{OTEL_PREFIX}-{backend_name}")
 
 
 def admin_socket_path(workdir: str | os.PathLike[str]) -> str:

@@ -161,11 +161,11 @@ class Demo:
         return [p.pid for p in alive]
 
     # -- steps -------------------------------------------------------------------------------------------
-    def start_control_plane(self) -> None:
+    def start_control_plane(self, *extra: str) -> None:
         ready = self.workdir / "dev-cp.json"
         proc = self.spawn(
             "dev-cp",
-            [sys.executable, "-m", "kuma_dp", "dev-cp", "--port", "0", "--ready-file", str(ready)],
+            [sys.executable, "-m", "kuma_dp", "dev-cp", "--port", "0", "--ready-file", str(ready), *extra],
         )
         info = wait_for(lambda: ready.exists() and json.loads(ready.read_text()), 20, self, "the dev CP")
         self.cp_url = info["url"]
@@ -306,6 +306,95 @@ def request_through_mesh(demo: Demo) -> dict[str, Any]:
     return wait_for(attempt, 20, demo, "a request web -> backend through both Envoys")
 
 
+#: The demo's observability policies (kuma_dp_dev/devcp/policies.py): traces of every HTTP request go through
+#: each agent's OpenTelemetry pipe (MeshTrace with a MeshOpenTelemetryBackend), and each sidecar's
+#: MeshMetric has a Prometheus backend on its own port and pushes over OTLP every 2 s.
+POLICIES_TEMPLATE = """\
+type: MeshOpenTelemetryBackend
+name: demo-collector
+mesh: default
+spec:
+  endpoint: {{address: 127.0.0.1, port: {collector_port}}}
+  protocol: grpc
+---
+type: MeshTrace
+name: demo-traces
+mesh: default
+spec:
+  targetRef: {{kind: Mesh}}
+  default:
+    sampling: {{overall: 100, random: 100}}
+    backends:
+      - type: OpenTelemetry
+        openTelemetry: {{backendRef: {{kind: MeshOpenTelemetryBackend, name: demo-collector}}}}
+"""
+METRICS_TEMPLATE = """\
+---
+type: MeshMetric
+name: metrics-{name}
+mesh: default
+spec:
+  targetRef: {{kind: Dataplane, name: {name}}}
+  default:
+    sidecar: {{profiles: {{appendProfiles: [{{name: Basic}}]}}}}
+    backends:
+      - type: Prometheus
+        prometheus: {{port: {prometheus_port}, path: /metrics}}
+      - type: OpenTelemetry
+        openTelemetry: {{endpoint: "127.0.0.1:{collector_port}", refreshInterval: 2s}}
+"""
+
+
+def write_policies(path: Path, collector_port: int, prometheus_ports: dict[str, int]) -> Path:
+    text = POLICIES_TEMPLATE.format(collector_port=collector_port)
+    for name, port in prometheus_ports.items():
+        text += METRICS_TEMPLATE.format(name=name, prometheus_port=port, collector_port=collector_port)
+    path.write_text(text)
+    return path
+
+
+def show_observability(demo: Demo, collector: Any, prometheus_ports: dict[str, int]) -> None:
+    """The trace of the web -> backend request and the pushed metrics, as the collector received them."""
+    import httpx
+
+    def one_trace() -> tuple[str, list[tuple[str, str]]] | None:
+        by_trace: dict[str, list[tuple[str, str]]] = {}
+        for req in list(collector.traces):
+            for rs in req.resource_spans:
+                attrs = {a.key: a.value.string_value for a in rs.resource.attributes}
+                svc = attrs.get("service.name", "?")
+                for ss in rs.scope_spans:
+                    for span in ss.spans:
+                        by_trace.setdefault(span.trace_id.hex(), []).append((svc, span.name))
+        for trace_id, spans in by_trace.items():
+            if {"web", "backend"} <= {svc for svc, _ in spans}:
+                return trace_id, spans
+        return None
+
+    trace_id, spans = wait_for(one_trace, 30, demo, "one trace with spans of web and backend")
+    demo.say(f"[ok] trace {trace_id} reached the OTLP collector through each agent's OpenTelemetry pipe:")
+    for svc, name in spans:
+        demo.say(f"     span  service={svc:<8} {name}")
+    pushed = wait_for(
+        lambda: {n for n in collector.metric_names() if n.startswith("envoy_")}, 30, demo, "MeshMetric pushes"
+    )
+    example = "envoy_http_downstream_rq_total" if "envoy_http_downstream_rq_total" in pushed else min(pushed)
+    demo.say(f"[ok] MeshMetric pushed {len(pushed)} Envoy metrics over OTLP (e.g. {example})")
+    for name, port in prometheus_ports.items():
+        page = wait_for(
+            lambda p=port: (r := httpx.get(f"http://127.0.0.1:{p}/metrics", timeout=5)).status_code == 200
+            and "envoy_" in r.text
+            and r.text,
+            20,
+            demo,
+            f"the Prometheus backend of {name}",
+        )
+        samples = sum(1 for line in page.splitlines() if line and not line.startswith("#"))
+        demo.say(
+            f"[ok] MeshMetric Prometheus backend of {name}: http://127.0.0.1:{port}/metrics ({samples} lines)"
+        )
+
+
 def run_demo(once: bool, keep: bool, out: Any = None) -> int:
     from kuma_dp.envoy import wheel_envoy
 
@@ -324,9 +413,16 @@ def run_demo(once: bool, keep: bool, out: Any = None) -> int:
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     ok = False
+    from kuma_dp_dev.otlp_collector import OtlpCollector
+
+    collector = OtlpCollector()
     try:
         demo.say(f"kuma-dp demo: a mesh on loopback (work dir {workdir})")
-        demo.start_control_plane()
+        collector_port = collector.start_grpc("127.0.0.1:0")
+        prometheus_ports = {"web-1": free_port(), "backend-1": free_port()}
+        policies = write_policies(workdir / "policies.yaml", collector_port, prometheus_ports)
+        demo.say(f"  OTLP collector      127.0.0.1:{collector_port} (gRPC)   policies {policies}")
+        demo.start_control_plane("--policies", str(policies))
         backend_app, web_app = free_port(), free_port()
         web_outbound = free_port()
         demo.start_app("backend", backend_app)
@@ -365,6 +461,7 @@ def run_demo(once: bool, keep: bool, out: Any = None) -> int:
         proof = up["headers"].get("server") == "envoy" and "x-envoy-upstream-service-time" in up["headers"]
         if not proof:
             raise DemoError("the response did not come through Envoy (no server: envoy header)")
+        show_observability(demo, collector, prometheus_ports)
         demo.say()
         demo.say("Where to look:")
         for sc in demo.sidecars.values():
@@ -393,6 +490,7 @@ def run_demo(once: bool, keep: bool, out: Any = None) -> int:
         keep = True
         return 1
     finally:
+        collector.stop()
         left = demo.stop()
         for sig, handler in old.items():
             signal.signal(sig, handler)
@@ -410,8 +508,18 @@ def run_demo(once: bool, keep: bool, out: Any = None) -> int:
 @click.option("--once", is_flag=True, help="Run the checks, stop everything, exit 0 (all passed) or 1.")
 @click.option("--keep-workdir", is_flag=True, help="Keep logs and work dirs after exit.")
 @click.option("--netns", is_flag=True, help="Root: CP and three hosts in netns, transparent proxy.")
-def demo(once: bool, keep_workdir: bool, netns: bool) -> None:
+@click.option(
+    "--pod",
+    "pod_file",
+    default="",
+    help="Root: run this Pod manifest (a kuma-cp injector output) as kubelet would (docs/kubernetes.md).",
+)
+def demo(once: bool, keep_workdir: bool, netns: bool, pod_file: str) -> None:
     """Run a real mesh on loopback: dev control plane, two apps, kuma-dp + Envoy for each."""
+    if pod_file:
+        from kuma_dp_dev.pods.demo import run_pod_demo
+
+        sys.exit(run_pod_demo(pod_file, once))
     if netns:
         from kuma_dp_dev.demo_netns import run_netns_demo
 

@@ -39,8 +39,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import yaml
-
 from kuma_dp import _http
 from kuma_dp.bootstrap.features import (
     FEATURE_BIND_OUTBOUNDS,
@@ -142,7 +140,9 @@ def build_request(p: BootstrapParams) -> dict[str, Any]:
     req["version"] = {"kumaDp": dict(p.kuma_dp_version), "envoy": dict(p.envoy_version)}
     req["caCert"] = p.ca_cert
     req["dynamicMetadata"] = dict(p.dynamic_metadata) if p.dynamic_metadata is not None else None
-    if p.otel_env:
+    if p.otel_env is not None:
+        # Go sends a non-nil *OtelBootstrapInventory from run.go, so `{}` goes out as is (omitempty only
+        # drops nil); kuma_dp.otel.discover builds it.
         req["otelEnv"] = p.otel_env
     if p.dns_port:
         req["dnsPort"] = p.dns_port
@@ -349,12 +349,14 @@ def parse_response(status: int, content_type: str, body: bytes) -> BootstrapResu
             sidecar = {}
     else:
         bootstrap = body
+    # Bounded whatever the size (kuma_dp.envoy.parse_bootstrap): a huge bootstrap must not stall the loop,
+    # the request timeout or a SIGTERM.
+    from kuma_dp.envoy import BootstrapFormatError, parse_bootstrap
+
     try:
-        parsed = yaml.safe_load(bootstrap) if bootstrap else None
-    except yaml.YAMLError as exc:
+        parse_bootstrap(bootstrap)
+    except BootstrapFormatError as exc:
         raise BootstrapError(f"could not parse the Envoy bootstrap from the control plane: {exc}") from None
-    if not isinstance(parsed, dict):
-        raise BootstrapError("could not parse the Envoy bootstrap from the control plane: not a YAML mapping")
     return BootstrapResult(bootstrap_yaml=bootstrap, sidecar_config=sidecar)
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import click
 
-from kuma_dp.commands.goflags import setting_option
+from kuma_dp.commands.goflags import GoCommand, setting_option
 from kuma_dp.config import (
     SETTINGS,
     ConfigError,
@@ -37,6 +37,7 @@ from kuma_dp.config import (
     set_path,
     validate,
 )
+from kuma_dp.goparse import go_path_error
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ def prepare_work_dir(cfg: RunConfig) -> tuple[Path, bool]:
             path.mkdir(mode=0o711, parents=True, exist_ok=True)
         except OSError as exc:
             raise RunError(f"could not create the work dir {path}: {exc.strerror}; fix --work-dir") from None
+        _warn_if_shared(path)
         return path, False
     path = Path(tempfile.mkdtemp(prefix="kuma-dp-"))
     os.chmod(path, 0o711)
@@ -99,13 +101,31 @@ def prepare_work_dir(cfg: RunConfig) -> tuple[Path, bool]:
     return path, True
 
 
+def _warn_if_shared(path: Path) -> None:
+    """One warning when other users can write into the work dir: they could plant files where the agent
+    and Envoy expect theirs (the access-log FIFO, the DNS table, sockets). The agent replaces or refuses what
+    it does not own, but a private directory (Kuma's temp dir is 0711) is the real fix."""
+    try:
+        st = path.stat()
+    except OSError:
+        return
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        log.warning(
+            "the work dir %s is writable by other users or owned by uid %d; use a directory only kuma-dp's "
+            "user can write to (--work-dir), as the default temporary one is",
+            path,
+            st.st_uid,
+        )
+
+
 def _read_ca(cfg: RunConfig) -> None:
     cp = cfg.control_plane
     if not cp.ca_cert and cp.ca_cert_file:
         try:
             cp.ca_cert = Path(cp.ca_cert_file).read_text()
         except OSError as exc:
-            raise RunError(f"could not read certificate file {cp.ca_cert_file}: {exc.strerror}") from None
+            reason = go_path_error("open", cp.ca_cert_file, exc)  # Kuma: errors.Wrapf(os.ReadFile error)
+            raise RunError(f"could not read certificate file {cp.ca_cert_file}: {reason}") from None
 
 
 class _EnvoyProbe:
@@ -160,9 +180,13 @@ def _local_bootstrap(cfg: RunConfig, request: dict[str, Any]) -> bytes:
 
     parts = urlsplit(cfg.control_plane.url)
     https = parts.scheme == "https"
+    try:
+        port = parts.port  # validation runs Go's url.Parse, which leaves the port's range to the dialer
+    except ValueError as exc:
+        raise RunError(f"invalid --cp-address {cfg.control_plane.url!r}: {exc}; fix the port") from None
     params = RenderParams(
         xds_host=parts.hostname or "localhost",
-        xds_port=parts.port or (5678 if https else 80),
+        xds_port=port or (5678 if https else 80),
         xds_tls=https,
         ca_cert_pem=cfg.control_plane.ca_cert or None,
     )
@@ -181,20 +205,34 @@ async def _fetch_cancellable(cfg: RunConfig, request: dict[str, Any]) -> Any:
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(fetch_bootstrap(cfg, request, on_attempt=metrics.bootstrap_attempt))
     handled = []
+    signalled: list[int] = []
+
+    def on_signal(sig: int) -> None:
+        # Remembered as well as cancelling: a signal that lands while the last step of the fetch runs
+        # (the task can no longer be cancelled) must still stop us before Envoy starts.
+        signalled.append(sig)
+        task.cancel()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
-            loop.add_signal_handler(sig, task.cancel)
+            loop.add_signal_handler(sig, on_signal, sig)
             handled.append(sig)
         except (NotImplementedError, RuntimeError):
             pass
     try:
         with metrics.phase("bootstrap"):
-            return await task
+            result = await task
+        if signalled:
+            raise asyncio.CancelledError
+        return result
     except asyncio.CancelledError:
         raise RunError("Failed to fetch Envoy bootstrap config. context canceled") from None
     finally:
         for sig in handled:
-            loop.remove_signal_handler(sig)
+            # Not back to the default action: a signal between here and the agent's own handlers (writing
+            # the bootstrap, building the agent) stays pending and reaches the agent, which then stops before
+            # starting Envoy, instead of killing us with the temp work dir left behind.
+            loop.add_signal_handler(sig, signalled.append, sig)
 
 
 async def _run_async(cfg: RunConfig, request: dict[str, Any], work_dir: Path, envoy_binary: str) -> int:
@@ -242,7 +280,7 @@ def execute(cfg: RunConfig) -> int:
 
     try:
         load_config(cfg, os.environ)
-    except EnvError as exc:
+    except (EnvError, ConfigError) as exc:
         raise RunError(str(exc)) from None
     rt = cfg.dataplane_runtime
     if rt.token:
@@ -254,8 +292,8 @@ def execute(cfg: RunConfig) -> int:
             pass
     try:
         validate(cfg)
-    except ConfigError as exc:
-        raise RunError(f"Invalid configuration: {exc}") from None
+    except ConfigError as exc:  # `configuration validation failed: ...`, Kuma's text (pkg/config/loader.go)
+        raise RunError(str(exc)) from None
     log.info("effective configuration config=%s", json.dumps(effective_config(cfg), sort_keys=True))
     if cfg.dataplane.proxy_type not in PROXY_RESOURCE_TYPES:
         raise RunError(f'invalid proxy type "{cfg.dataplane.proxy_type}"')
@@ -309,6 +347,9 @@ def execute(cfg: RunConfig) -> int:
             dynamic_metadata=metadata,
             dataplane_config=dataplane_config,
         )
+        from kuma_dp.otel import discover  # run.go: otelenv.Discover, sent as otelEnv in every request
+
+        params.otel_env = discover(rt.otel_pipe_enabled).inventory
         request = build_request(params)
         return asyncio.run(_run_async(cfg, request, work_dir, envoy_binary))
     finally:
@@ -344,6 +385,7 @@ def _build_command() -> click.Command:
         func = opt(func)
     return click.command(
         "run",
+        cls=GoCommand,
         short_help="Launch Dataplane (Envoy)",
         help="Launch Dataplane (Envoy): fetch the bootstrap from the Control Plane and supervise Envoy.",
         context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},

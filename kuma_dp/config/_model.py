@@ -311,7 +311,7 @@ class DNSConfig:
     enabled: bool = setting(
         True, flag="--dns-enabled", env="KUMA_DNS_ENABLED", help="Enable the embedded DNS proxy."
     )
-    #: [main] default 15053; 0 = the <=2.14 CoreDNS mode, which we do not run.
+    #: [main] default 15053; 0 = Kuma 2.14's CoreDNS mode, served by our server on core_dns_port.
     proxy_port: int = setting(
         15053,
         flag="--dns-proxy-port",
@@ -319,19 +319,30 @@ class DNSConfig:
         maximum=65535,
         help="Port of the embedded DNS proxy (KUMA_DNS_PROXY_PORT).",
     )
-    #: <=2.14 settings, accepted for compatibility; envoy_dns_port is what the CP gets as `dnsPort`.
+    #: <=2.14 settings; envoy_dns_port is what the CP gets as `dnsPort`. Where Kuma 2.14 would run CoreDNS
+    #: (see `coredns_compat`), our embedded server takes its place on core_dns_port.
     core_dns_port: int = setting(
         15053,
         flag="--dns-coredns-port",
         env="KUMA_DNS_CORE_DNS_PORT",
         hidden=True,
-        help="CoreDNS port (<=2.14; accepted, unused).",
+        help="CoreDNS port (<=2.14): where the embedded DNS server listens in Kuma's CoreDNS mode.",
     )
     envoy_dns_port: int = setting(
         15054,
         flag="--dns-envoy-port",
         env="KUMA_DNS_ENVOY_DNS_PORT",
         help="Envoy DNS port sent to the Control Plane as dnsPort (<=2.14).",
+    )
+    #: Set by `load_config` where Kuma 2.14.3 would run CoreDNS (KUMA_DNS_PROXY_PORT 0, or unset while
+    #: KUMA_DNS_CORE_DNS_PORT is given, as the injector's builtin-DNS settings are). Then the embedded server
+    #: listens on core_dns_port and `/ready` has no DNS gate, as Kuma's in that mode (app/kuma-dp/cmd/run.go
+    #: passes no ConfigReady channel to the readiness reporter). The hidden flag forces it.
+    coredns_compat: bool = setting(
+        False,
+        flag="--dns-coredns-compat",
+        hidden=True,
+        help="Kuma 2.14's CoreDNS mode: serve DNS on the CoreDNS port, no DNS gate on /ready (derived).",
     )
     core_dns_binary_path: str = setting(
         "coredns",

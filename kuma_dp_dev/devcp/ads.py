@@ -96,6 +96,10 @@ def proxy_from_node(node: base_pb2.Node, store: Store) -> xds.Proxy:
         dns_port = int(md.get("dataplane.dns.port") or 0)
     except (TypeError, ValueError):
         dns_port = 0
+    try:
+        readiness_port = int(md.get("dataplane.readinessReporter.port") or 0)
+    except (TypeError, ValueError):
+        readiness_port = 0
     return xds.Proxy(
         dataplane=dp,
         workdir=str(md.get("workdir") or ""),
@@ -106,6 +110,8 @@ def proxy_from_node(node: base_pb2.Node, store: Store) -> xds.Proxy:
         outbound_port=out_port,
         inbound_port=in_port,
         dns_port=dns_port,
+        readiness_port=readiness_port,
+        metadata=md,
     )
 
 
@@ -227,7 +233,12 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         return self._vips.get(mesh, {})
 
     def generate(self, proxy: xds.Proxy) -> xds.Snapshot:
-        snap = xds.generate(proxy, self.store.services(proxy.dataplane.mesh), self.vips(proxy.dataplane.mesh))
+        snap = xds.generate(
+            proxy,
+            self.store.services(proxy.dataplane.mesh),
+            self.vips(proxy.dataplane.mesh),
+            self.store.policies,
+        )
         for type_url, resources in self.extra_resources.items():
             snap.resources.setdefault(type_url, {}).update(resources)
         return snap

@@ -43,9 +43,15 @@ def _read_token(path: str) -> str:
     return token
 
 
-async def serve(cp: DevControlPlane, ready_file: str | None) -> None:
+async def serve(cp: DevControlPlane, ready_file: str | None, pods_dir: Path | None = None) -> None:
     """Run until SIGINT/SIGTERM, then stop everything in order; a failure to serve is raised."""
-    from kuma_dp.component import run_components
+    from kuma_dp.component import Component, run_components
+
+    components: list[Component] = [cp]
+    if pods_dir is not None:
+        from .k8s import PodsDirWatcher
+
+        components.append(PodsDirWatcher(cp.store, pods_dir))
 
     def announce() -> None:
         if ready_file:
@@ -58,7 +64,7 @@ async def serve(cp: DevControlPlane, ready_file: str | None) -> None:
     async def shutting_down() -> None:
         log.info("shutting down the dev control plane")
 
-    await run_components([cp], name="dev control plane", on_ready=announce, before_stop=shutting_down)
+    await run_components(components, name="dev control plane", on_ready=announce, before_stop=shutting_down)
 
 
 @click.command("dev-cp")
@@ -95,6 +101,19 @@ async def serve(cp: DevControlPlane, ready_file: str | None) -> None:
     default="",
     help="CA for bootstraps whose kuma-dp sent no --ca-cert-file (default: the certificate).",
 )
+@click.option(
+    "--pods-dir",
+    default="",
+    help="Directory of Kubernetes pod records (kuma_dp_dev/devcp/k8s.py): each becomes the Dataplane "
+    "<pod>.<namespace> kuma-cp would derive from the Pod; re-read as files change.",
+)
+@click.option(
+    "--policies",
+    "policies_file",
+    default="",
+    help="YAML file of MeshMetric, MeshTrace and MeshOpenTelemetryBackend policies (one per document); "
+    "applied to the matching dataplanes as kuma-cp would (kuma_dp_dev/devcp/policies.py).",
+)
 @click.option("--ready-file", default="", help="Write {url, port, pid} as JSON here once serving.")
 @click.option("--log-level", type=click.Choice(["info", "debug"]), default="info", show_default=True)
 def dev_cp(
@@ -105,6 +124,8 @@ def dev_cp(
     tls_cert_file: str,
     tls_key_file: str,
     tls_ca_file: str,
+    pods_dir: str,
+    policies_file: str,
     ready_file: str,
     log_level: str,
 ) -> None:
@@ -123,6 +144,13 @@ def dev_cp(
         store = load_state(state_file) if state_file else Store()
     except StateError as exc:
         _fail(str(exc))
+    if policies_file:
+        from .policies import PolicyError, load_policies
+
+        try:
+            store.policies = load_policies(policies_file)
+        except PolicyError as exc:
+            _fail(str(exc))
     token = _read_token(auth_token_file) if auth_token_file else None
     if token:
         logs.add_secret(token)
@@ -135,10 +163,34 @@ def dev_cp(
         if path and not Path(path).is_file():
             _fail(f"{flag} {path}: no such file; give a PEM file")
     tls = TLSFiles(tls_cert_file, tls_key_file, tls_ca_file) if tls_cert_file else None
+    if not _is_loopback(address) and (token is None or tls is None):
+        # kuma-cp would not serve bootstraps (with the tokens in them) in the clear to the network either; a
+        # dev CP may, but the operator must hear it at once rather than find out later.
+        flags = (("--auth-token-file", token is None), ("--tls-cert-file", tls is None))
+        missing = " and ".join(flag for flag, absent in flags if absent)
+        log.warning(
+            "listening on %s without %s: any host that reaches this port gets bootstraps and the mesh "
+            "configuration%s; give --auth-token-file and --tls-cert-file/--tls-key-file, or listen on "
+            "127.0.0.1",
+            address,
+            missing,
+            ", and tokens travel in the clear" if tls is None else "",
+        )
     cp = DevControlPlane(store, host=address, port=port, token=token, tls=tls)
     try:
-        asyncio.run(serve(cp, ready_file or None))
+        asyncio.run(serve(cp, ready_file or None, Path(pods_dir) if pods_dir else None))
     except OSError as exc:
         _fail(f"cannot listen on {address}:{port}: {exc.strerror or exc}; pick another --port (0 = any)")
     with contextlib.suppress(Exception):
         sys.stderr.flush()
+
+
+def _is_loopback(address: str) -> bool:
+    import ipaddress
+
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return False

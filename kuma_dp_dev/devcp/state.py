@@ -278,6 +278,8 @@ class Store:
         self._services: dict[tuple[str, str], Service] = {}
         self._subscribers: list[Listener] = []
         self.version = 0
+        #: MeshMetric/MeshTrace/MeshOpenTelemetryBackend (kuma_dp_dev.devcp.policies.PolicySet), or None.
+        self.policies: Any = None
 
     # -- reads ---------------------------------------------------------------------------------------------
     def mesh_exists(self, mesh: str) -> bool:
@@ -353,6 +355,13 @@ class Store:
             self._static[dp.key] = dp
         self._changed()
 
+    def remove_static(self, key: tuple[str, str]) -> None:
+        """Delete a Dataplane added by `put_static` (a Kubernetes pod that went away)."""
+        with self._lock:
+            if self._static.pop(key, None) is None:
+                return
+        self._changed()
+
     def put_service(self, svc: Service) -> None:
         with self._lock:
             self._meshes.add(svc.mesh)
@@ -360,9 +369,12 @@ class Store:
         self._changed()
 
     def register(self, dp: Dataplane) -> None:
-        """An Envoy connected for `dp` (ADS stream open): upsert it, as kuma-cp does on connect."""
+        """An Envoy connected for `dp` (ADS stream open): upsert it, as kuma-cp does on connect. A Dataplane
+        the store already holds as static (a Kubernetes pod's, kept current by its pod controller) is not
+        shadowed by the stream's copy, so its later readiness changes still reach the other proxies."""
         with self._lock:
-            self._dynamic[dp.key] = dp
+            if self._static.get(dp.key) is not dp:
+                self._dynamic[dp.key] = dp
             self._streams[dp.key] = self._streams.get(dp.key, 0) + 1
         self._changed()
 
@@ -392,9 +404,11 @@ def load_state(source: str | Path | Mapping[str, Any]) -> Store:
     else:
         data = source
     data = _require_mapping(data, "state")
-    unknown = set(data) - {"meshes", "dataplanes", "services"}
+    unknown = set(data) - {"meshes", "dataplanes", "services", "policies"}
     if unknown:
-        raise StateError(f"state: unknown keys {sorted(unknown)}; expected meshes, dataplanes, services")
+        raise StateError(
+            f"state: unknown keys {sorted(unknown)}; expected meshes, dataplanes, services, policies"
+        )
     meshes = []
     for m in data.get("meshes") or []:
         meshes.append(str(m["name"]) if isinstance(m, Mapping) else str(m))
@@ -406,6 +420,13 @@ def load_state(source: str | Path | Mapping[str, Any]) -> Store:
             raise StateError(f"dataplanes[{i}]: {exc}") from None
     for i, raw in enumerate(data.get("services") or []):
         store.put_service(_parse_service(raw, i))
+    if data.get("policies"):
+        from .policies import PolicyError, parse_policies
+
+        try:
+            store.policies = parse_policies(data["policies"])
+        except PolicyError as exc:
+            raise StateError(str(exc)) from None
     return store
 
 

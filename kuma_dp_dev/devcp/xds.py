@@ -19,13 +19,16 @@ from typing import Any
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
+from envoy.config.trace.v3 import opentelemetry_pb2  # noqa: F401
 from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
 from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2  # noqa: F401
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2  # noqa: F401
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2,  # noqa: F401
 )
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2  # noqa: F401
 from envoy.extensions.filters.udp.dns_filter.v3 import dns_filter_pb2  # noqa: F401
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2  # noqa: F401
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
 from google.protobuf import json_format
 from google.protobuf.message import Message
@@ -33,7 +36,9 @@ from google.protobuf.message import Message
 from kuma_dp.bootstrap.features import FEATURE_BIND_OUTBOUNDS, FEATURE_EMBEDDED_DNS
 from kuma_dp.paths import dynconf_socket_path
 
+from . import policies as policies_mod
 from . import vip as vips_mod
+from .policies import PolicySet
 from .state import Dataplane, Service
 
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
@@ -82,6 +87,12 @@ class Proxy:
     #: kuma-cp's unified resource naming (the proxy's feature and a Mesh with `meshServices.mode:
     #: Exclusive`); the dev CP has no such Mesh setting, so only callers that know set it.
     unified_naming: bool = False
+    #: Node metadata `dataplane.readinessReporter.port`: with an admin port, kuma-cp's AdminProxyGenerator
+    #: exposes `/ready` on <address>:<admin port> (what the kubelet probes on Kubernetes).
+    readiness_port: int = 0
+    #: The node metadata as sent (MeshMetric reads `metricsCertPath`/`metricsKeyPath`, the OpenTelemetry
+    #: pipe the `otelEnvInventory`).
+    metadata: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -311,9 +322,33 @@ def _load_assignment(cluster: str, endpoints: list[tuple[str, int]]) -> dict[str
     return {"clusterName": cluster, "endpoints": [{"lbEndpoints": lb}] if lb else []}
 
 
-def generate(proxy: Proxy, services: Mapping[str, Service], vips: Mapping[str, str]) -> Snapshot:
+def _admin_proxy(snap: Snapshot, address: str, admin_port: int, readiness_port: int) -> None:
+    """`/ready` of the readiness reporter on the dataplane's own address (follows the plaintext chain of
+    pkg/xds/generator/admin_proxy_generator.go; the dev CP has no admin mTLS certificates for the other)."""
+    cluster = "kuma:readiness"
+    load = _load_assignment(cluster, [("127.0.0.1", readiness_port)])
+    snap.add(CLUSTER_TYPE, _cluster(cluster, "tcp", type="STATIC", loadAssignment=load))
+    route = {"match": {"prefix": "/ready"}, "route": {"cluster": cluster, "prefixRewrite": "/ready"}}
+    hcm = {
+        "@type": HCM,
+        "statPrefix": "kuma_envoy_admin",
+        "codecType": "AUTO",
+        "routeConfig": {
+            "virtualHosts": [{"name": "kuma:envoy:admin", "domains": ["*"], "routes": [route]}],
+            "validateClusters": False,
+        },
+        "httpFilters": [{"name": "envoy.filters.http.router", "typedConfig": {"@type": ROUTER}}],
+    }
+    filt = {"name": "envoy.filters.network.http_connection_manager", "typedConfig": hcm}
+    snap.add(LISTENER_TYPE, _listener("kuma:envoy:admin", address, admin_port, filt, "INBOUND"))
+
+
+def generate(
+    proxy: Proxy, services: Mapping[str, Service], vips: Mapping[str, str], policies: PolicySet | None = None
+) -> Snapshot:
     """Everything one Envoy needs: its inbounds, an outbound per other service, EDS from registered
-    dataplanes, and the dynamic-config listener with its /dns payload."""
+    dataplanes, what the matching MeshMetric/MeshTrace policies add, and the dynamic-config listener with its
+    /dns (and /meshmetric, /otel) payloads."""
     dp = proxy.dataplane
     snap = Snapshot()
     own = set(dp.services)
@@ -322,18 +357,26 @@ def generate(proxy: Proxy, services: Mapping[str, Service], vips: Mapping[str, s
         if inbound.ignored:
             continue
         cluster = f"localhost:{inbound.service_port}"
-        snap.add(
-            CLUSTER_TYPE,
-            _cluster(
-                cluster,
-                inbound.protocol,
-                type="STATIC",
-                loadAssignment=_load_assignment(cluster, [(inbound.service_address, inbound.service_port)]),
-            ),
+        local = _cluster(
+            cluster,
+            inbound.protocol,
+            type="STATIC",
+            loadAssignment=_load_assignment(cluster, [(inbound.service_address, inbound.service_port)]),
         )
+        if proxy.transparent:
+            # kuma-cp's inbound_proxy_generator: from 127.0.0.6, which the rules let through, so Envoy's own
+            # connection to <pod IP>:<port> is not redirected back to its inbound listener.
+            local["upstreamBindConfig"] = {"sourceAddress": {"address": "127.0.0.6", "portValue": 0}}
+        snap.add(CLUSTER_TYPE, local)
         name = f"inbound:{inbound.address}:{inbound.port}"
         filt = _network_filter(name, cluster, inbound.protocol, inbound.service)
-        snap.add(LISTENER_TYPE, _listener(name, inbound.address, inbound.port, filt, "INBOUND"))
+        # With the transparent proxy the inbound is reached through the 15006 listener (original
+        # destination), so it does not bind: the app owns <address>:<port> (kuma-cp's TransparentProxying).
+        listener = _listener(name, inbound.address, inbound.port, filt, "INBOUND", bind=not proxy.transparent)
+        snap.add(LISTENER_TYPE, listener)
+
+    if proxy.readiness_port and dp.admin_port and dp.address not in ("127.0.0.1", "::1"):
+        _admin_proxy(snap, dp.address, dp.admin_port, proxy.readiness_port)
 
     # Outbound: declared outbounds, or (transparent proxy) one per other service on its VIP:80.
     targets: list[tuple[str, int, str]] = []
@@ -380,9 +423,12 @@ def generate(proxy: Proxy, services: Mapping[str, Service], vips: Mapping[str, s
     reachable = {a for a, _, _ in targets} if proxy.transparent else None
     dual = proxy.transparent and proxy.dual_stack
     payload = dns_payload(domains, reachable, dual, dp.mesh, dp.labels)
+    extra_paths = policies_mod.apply(snap, proxy, policies, proxy.metadata)
     snap.add(
         LISTENER_TYPE,
-        dynconf_listener(proxy.workdir, {"/dns": payload}, proxy.ipv6_enabled, proxy.unified_naming),
+        dynconf_listener(
+            proxy.workdir, {"/dns": payload, **extra_paths}, proxy.ipv6_enabled, proxy.unified_naming
+        ),
     )
     if (
         proxy.transparent

