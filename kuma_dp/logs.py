@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import errno
+import json
 import logging
 import logging.handlers
 import os
@@ -234,10 +235,12 @@ class AgeAndCountRotatingFileHandler(logging.handlers.RotatingFileHandler):
 
 
 def parse_level(level: str) -> int:
-    """Kuma's `--log-level` value to a logging level; a clear error names the flag and the choices."""
+    """Kuma's `--log-level` value to a logging level. The error starts with Kuma's text (`ParseLogLevel` in
+    pkg/log/logger.go) and adds the choices. Deliberately lenient about case and spaces (`INFO` works), where
+    Kuma takes only the exact lower-case words."""
     key = (level or "").strip().lower()
     if key not in LEVELS:
-        raise ValueError(f"invalid --log-level {level!r}: use one of off, info, debug")
+        raise ValueError(f"unknown log level {json.dumps(level)}: use one of off, info, debug (--log-level)")
     return LEVELS[key]
 
 

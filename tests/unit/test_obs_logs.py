@@ -106,7 +106,7 @@ def test_levels_off_and_bad_values(tmp_path: Path) -> None:
     logging.getLogger("x").error("must not appear")
     handler.flush()
     assert out.read_text() == ""
-    with pytest.raises(ValueError, match="--log-level 'trace'"):
+    with pytest.raises(ValueError, match='unknown log level "trace"'):
         logs.setup_logging("trace", None, 100, 3, 30)
     with pytest.raises(ValueError, match="--log-format 'xml'"):
         logs.setup_logging("info", None, 100, 3, 30, "xml")
