@@ -421,11 +421,14 @@ def quiet_gc() -> Iterator[None]:
 
     A full collection walks every tracked object holding the GIL (a 100k-name table is over a million:
     0.5-3 s), in whichever thread happens to allocate. The table is acyclic, so reference counting frees it
-    when it is retired even from the permanent generation; young garbage is collected first so that little
-    else is frozen with it (the same trade `kuma-dp dns` makes with gc.freeze() once serving).
+    when it is retired even from the permanent generation. A full collection runs first, so that the only
+    cyclic garbage frozen with the table is what the build itself made: without it, cycles waiting in the
+    oldest generation would be frozen, and kept, on every swap. It is cheap after the first swap, since the
+    previous tables (the bulk of the heap) are already frozen and not scanned (the same trade `kuma-dp dns`
+    makes with gc.freeze() once serving).
     """
     was = gc.isenabled()
-    gc.collect(1)
+    gc.collect()
     gc.disable()
     try:
         yield
