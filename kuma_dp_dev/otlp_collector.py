@@ -9,6 +9,9 @@ what a real exporter sent: span names, log bodies, metric names and attributes.
     collector.wait_for(lambda c: c.span_names(), timeout=10)
     collector.stop()
 
+`start_grpc(..., tls=CollectorTls(cert, key))` and `start_http(..., tls=...)` serve over TLS; with `client_ca`
+the collector also requires a client certificate chaining to it (mTLS), as a collector behind mTLS does.
+
 `python -m kuma_dp_dev.otlp_collector --grpc 127.0.0.1:4317 --http 127.0.0.1:4318` prints one line per
 received request.
 """
@@ -19,11 +22,15 @@ import argparse
 import gzip
 import http.server
 import logging
+import ssl
+import tempfile
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -36,10 +43,33 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as tra
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OtlpCollector"]
+__all__ = ["CollectorTls", "OtlpCollector"]
 
 T = TypeVar("T")
 MAX_KEPT = 10_000
+
+
+@dataclass(frozen=True)
+class CollectorTls:
+    """The collector's server certificate chain and key (PEM); `client_ca` set = clients must present a
+    certificate that chains to it."""
+
+    cert: bytes
+    key: bytes
+    client_ca: bytes | None = None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        with tempfile.TemporaryDirectory() as d:  # load_cert_chain reads files only
+            cert, key = Path(d, "cert.pem"), Path(d, "key.pem")
+            cert.write_bytes(self.cert)
+            key.touch(mode=0o600)
+            key.write_bytes(self.key)
+            ctx.load_cert_chain(cert, key)
+        if self.client_ca is not None:
+            ctx.load_verify_locations(cadata=self.client_ca.decode())
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
 
 
 class OtlpCollector:
@@ -72,7 +102,7 @@ class OtlpCollector:
             return f"{len(names)} metrics ({', '.join(sorted(names)[:5])}...)"
         return f"{sum(len(s.log_records) for r in request.resource_logs for s in r.scope_logs)} records"
 
-    def start_grpc(self, address: str = "127.0.0.1:0") -> int:
+    def start_grpc(self, address: str = "127.0.0.1:0", *, tls: CollectorTls | None = None) -> int:
         """Serve OTLP gRPC on `address` ("host:port" or "unix:/path"); returns the bound port (0 for unix)."""
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         collector = self
@@ -95,13 +125,21 @@ class OtlpCollector:
         trace_grpc.add_TraceServiceServicer_to_server(Trace(), server)
         logs_grpc.add_LogsServiceServicer_to_server(Logs(), server)
         metrics_grpc.add_MetricsServiceServicer_to_server(Metrics(), server)
-        port = server.add_insecure_port(address)
+        if tls is None:
+            port = server.add_insecure_port(address)
+        else:
+            creds = grpc.ssl_server_credentials(
+                [(tls.key, tls.cert)],
+                root_certificates=tls.client_ca,
+                require_client_auth=tls.client_ca is not None,
+            )
+            port = server.add_secure_port(address, creds)
         server.start()
         self._grpc = server
         return port
 
-    def start_http(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        """Serve OTLP/HTTP (protobuf); returns the bound port."""
+    def start_http(self, host: str = "127.0.0.1", port: int = 0, *, tls: CollectorTls | None = None) -> int:
+        """Serve OTLP/HTTP (protobuf), over HTTPS with `tls`; returns the bound port."""
         collector = self
         types = {
             "/v1/traces": (
@@ -144,6 +182,10 @@ class OtlpCollector:
                 pass
 
         server = http.server.ThreadingHTTPServer((host, port), Handler)
+        if tls is not None:
+            # the handshake runs in accept(); a failed one (untrusted or missing client cert) is an OSError
+            # the server drops, so nothing from that client is kept
+            server.socket = tls.ssl_context().wrap_socket(server.socket, server_side=True)
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, daemon=True, name="otlp-http").start()
         self._http = server

@@ -34,7 +34,7 @@ from kuma_dp.otel._env import HTTP_PROTOBUF, BackendRuntime, SignalRuntime
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EXPORT_METHODS", "BackendReceiver", "SignalForwarder"]
+__all__ = ["EXPORT_METHODS", "BackendReceiver", "SignalForwarder", "TlsConfigError"]
 
 #: gRPC method -> signal, the three OTLP collector services.
 EXPORT_METHODS = {
@@ -65,9 +65,50 @@ class _Rejected(Exception):
     """The collector refused the payload for good (no retry)."""
 
 
-def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+class TlsConfigError(ValueError):
+    """A CA, client certificate or key file that cannot be used; the backend's receiver does not start."""
+
+
+MAX_PEM_BYTES = 4 * 1024 * 1024
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_PEM_BYTES + 1)
+    except OSError as exc:
+        raise TlsConfigError(f"could not read {what} {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_PEM_BYTES:
+        raise TlsConfigError(f"{what} {path} is larger than {MAX_PEM_BYTES} bytes")
+    return data
+
+
+def _system_roots() -> bytes | None:
+    """The OS trust store, which Kuma's Go client uses when no CA is configured (grpcio would otherwise
+    use the roots bundled with it, ignoring a CA the host added)."""
+    paths = ssl.get_default_verify_paths()
+    for path in (paths.cafile, paths.openssl_cafile):
+        if path and os.path.isfile(path):
+            with contextlib.suppress(OSError):
+                return _read(path, "system CA bundle")
+    return None
+
+
+def _split_endpoint(endpoint: str, use_tls: bool) -> tuple[str, int]:
+    """OTLP/HTTP `host[:port]` as Go's url.URL{Host: endpoint} dials it: no port = the scheme's (443/80)."""
+    default = 443 if use_tls else 80
+    if endpoint.startswith("["):
+        host, _, rest = endpoint[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif endpoint.count(":") == 1:
+        host, _, port = endpoint.partition(":")
+    else:
+        host, port = endpoint, ""
+    if not port:
+        return host, default
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"invalid port in OTLP endpoint {endpoint!r}")
+    return host, int(port)
 
 
 @dataclass
@@ -102,6 +143,7 @@ class SignalForwarder:
         self._wake = asyncio.Event()
         self._channel: aio.Channel | None = None
         self._ssl: ssl.SSLContext | None = None
+        self._grpc_creds: grpc.ChannelCredentials | None = None
         self.forwarded = 0
         self.dropped = 0
         self._last_error_log = 0.0
@@ -132,26 +174,60 @@ class SignalForwarder:
                 count
             )
 
-    # -- sending --------------------------------------------------------------------------------------------
+    # -- TLS ------------------------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Load and check the TLS material now, as Kuma's transport.go `newTLSConfig` does when it builds
+        the sender: an unreadable or unparsable CA, or a client key that does not match its certificate,
+        fails the backend's start with one error naming the file, instead of every export failing later.
+        The files are read once; a rotated file takes effect when the backend is reconfigured."""
+        t = self.runtime.transport
+        if not t.use_tls:
+            return
+        if bool(t.client_certificate) != bool(t.client_key):
+            raise TlsConfigError("both client certificate and client key must be provided")
+        ca = _read(t.certificate, "certificate") if t.certificate else None
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the chain and the host name
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # newTLSConfig's MinVersion
+        if ca is None:
+            ctx.load_default_certs()  # Go's system pool
+        else:  # only the configured CA, like Go's RootCAs
+            try:
+                ctx.load_verify_locations(cadata=ca.decode("ascii", "replace"))
+            except ssl.SSLError:
+                raise TlsConfigError(f"failed to parse root certificate {t.certificate}") from None
+        chain = key = None
+        if t.client_certificate and t.client_key:
+            chain = _read(t.client_certificate, "client certificate")
+            key = _read(t.client_key, "client key")
+            try:
+                ctx.load_cert_chain(t.client_certificate, t.client_key)
+            except (ssl.SSLError, OSError):
+                raise TlsConfigError(
+                    "could not create key pair from client cert and client key "
+                    f"{t.client_certificate}, {t.client_key}"
+                ) from None
+        self._ssl = ctx
+        if t.protocol != HTTP_PROTOBUF:
+            self._grpc_creds = grpc.ssl_channel_credentials(
+                root_certificates=ca if ca is not None else _system_roots(),
+                private_key=key,
+                certificate_chain=chain,
+            )
+
     def _tls(self) -> ssl.SSLContext:
         if self._ssl is None:
-            t = self.runtime.transport
-            ctx = ssl.create_default_context(cafile=t.certificate or None)
-            if t.client_certificate and t.client_key:
-                ctx.load_cert_chain(t.client_certificate, t.client_key)
-            self._ssl = ctx
+            self.prepare()
+        assert self._ssl is not None
         return self._ssl
 
+    # -- sending --------------------------------------------------------------------------------------------
     def _grpc_channel(self) -> aio.Channel:
         if self._channel is None:
             t = self.runtime.transport
             if t.use_tls:
-                creds = grpc.ssl_channel_credentials(
-                    root_certificates=_read(t.certificate) if t.certificate else None,
-                    private_key=_read(t.client_key) if t.client_key else None,
-                    certificate_chain=_read(t.client_certificate) if t.client_certificate else None,
-                )
-                self._channel = aio.secure_channel(t.endpoint, creds)
+                if self._grpc_creds is None:
+                    self.prepare()
+                self._channel = aio.secure_channel(t.endpoint, self._grpc_creds)
             else:
                 self._channel = aio.insecure_channel(t.endpoint)
         return self._channel
@@ -173,7 +249,7 @@ class SignalForwarder:
 
     async def _send_http(self, payload: bytes) -> None:
         t = self.runtime.transport
-        host, _, port = t.endpoint.rpartition(":")
+        host, port = _split_endpoint(t.endpoint, bool(t.use_tls))
         headers = {"Content-Type": "application/x-protobuf", **dict(t.headers)}
         body = payload
         if t.compression == "gzip":
@@ -183,8 +259,8 @@ class SignalForwarder:
             resp = await _http.request(
                 "POST",
                 self.runtime.http_path or "/",
-                host=host.strip("[]"),
-                port=int(port or 443),
+                host=host,
+                port=port,
                 headers=headers,
                 body=body,
                 timeout=t.timeout or DEFAULT_TIMEOUT,
@@ -221,9 +297,20 @@ class SignalForwarder:
             except (ConnectionError, OSError, ValueError) as exc:
                 if attempt + 1 == MAX_ATTEMPTS:
                     self._drop("retries_exhausted")
-                    self._log_failure(
-                        "collector unreachable; OTLP export dropped after retries", error=str(exc)
-                    )
+                    if self.runtime.transport.use_tls:
+                        # a refused client certificate looks like a closed socket under TLS 1.3: name
+                        # the TLS settings whatever the error says
+                        self._log_failure(
+                            "collector unreachable over TLS; OTLP export dropped after retries (if it is "
+                            "up: does its certificate chain to OTEL_EXPORTER_OTLP_[SIGNAL_]CERTIFICATE, does "
+                            "it require OTEL_EXPORTER_OTLP_[SIGNAL_]CLIENT_CERTIFICATE and _CLIENT_KEY?)",
+                            error=str(exc),
+                            endpoint=self.runtime.transport.endpoint,
+                        )
+                    else:
+                        self._log_failure(
+                            "collector unreachable; OTLP export dropped after retries", error=str(exc)
+                        )
                     return
                 if self.metrics is not None:
                     self.metrics.otel_retries.labels(backend=self.backend, signal=self.signal).inc()
@@ -306,6 +393,8 @@ class BackendReceiver:
             self.metrics.otel_dropped.labels(backend=self.name, signal=signal, reason="signal_disabled").inc()
 
     async def start(self) -> None:
+        for forwarder in self.forwarders.values():
+            forwarder.prepare()  # a bad CA or client key: fail here, before anything listens
         _clear_stale_socket(self.socket_path)
         server = aio.server(options=[("grpc.max_receive_message_length", 4 * 1024 * 1024)])
         server.add_generic_rpc_handlers([_Handler(self)])
