@@ -4,7 +4,9 @@
 
 FILE holds a `/dns` payload (the JSON kuma-cp serves through Envoy) and is re-read when it changes.
 `--upstream` replaces the resolv.conf nameservers; search domains still come from `--resolv-conf`.
-`KUMA_DNS_MMSG=0` turns batched UDP I/O off, as for the agent's DNS proxy (the `dns.mmsg` setting).
+`KUMA_DNS_MMSG=0` turns batched UDP I/O off, as for the agent's DNS proxy (the `dns.mmsg` setting), and the
+caps are the agent's too: KUMA_DNS_PROXY_TCP_MAX_CONNECTIONS, KUMA_DNS_PROXY_TCP_MAX_CONNECTIONS_PER_SOURCE,
+KUMA_DNS_PROXY_UPSTREAM_MAX_PENDING_QUERIES (their defaults when unset).
 """
 
 from __future__ import annotations
@@ -27,6 +29,23 @@ def _run_loop(coro_factory: object) -> None:
         uvloop.run(coro_factory())  # type: ignore[operator]
     except ImportError:
         asyncio.run(coro_factory())  # type: ignore[operator]
+
+
+def _cap(path: str) -> int:
+    """A cap shared with `kuma-dp run` (its KUMA_* variable, else its default); a bad value is one line
+    naming the variable and exit 2, as for a bad flag."""
+    from kuma_dp.config import SETTINGS, EnvError, env_value
+
+    try:
+        value = int(env_value(path, os.environ))
+    except EnvError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
+    if value < 1:
+        (s,) = [s for s in SETTINGS if s.path == path]
+        click.echo(f"Error: {s.env} must be positive", err=True)
+        sys.exit(2)
+    return value
 
 
 @click.command("dns")
@@ -91,6 +110,9 @@ def dns(
         records_file=records,
         stale_after=stale_after,
         mmsg=env_value("dns.mmsg", os.environ),
+        max_tcp_connections=_cap("dns.proxy_tcp_max_connections"),
+        max_tcp_per_source=_cap("dns.proxy_tcp_max_connections_per_source"),
+        max_pending=_cap("dns.proxy_upstream_max_pending_queries"),
     )
 
     def serving() -> None:

@@ -22,7 +22,7 @@ from prometheus_client.registry import REGISTRY, CollectorRegistry
 from kuma_dp.component import Component
 
 from .metrics import DNSMetrics
-from .server import DNSServer
+from .server import MAX_PENDING, MAX_TCP_CLIENTS, MAX_TCP_PER_SOURCE, DNSServer
 from .table import MeshTable, Payload, PayloadError, TableStore, dispose, read_table_file
 from .upstream import Address, Forwarder, read_resolv_conf
 
@@ -67,6 +67,9 @@ class DNSComponent(Component):
         upstream_timeout: float = 2.0,
         has_records: asyncio.Event | None = None,
         mmsg: bool | None = None,
+        max_tcp_connections: int = MAX_TCP_CLIENTS,
+        max_tcp_per_source: int = MAX_TCP_PER_SOURCE,
+        max_pending: int = MAX_PENDING,
     ) -> None:
         super().__init__()
         #: Set once listening with a table from any source (persisted, dynconf, file, push): the readiness
@@ -96,6 +99,10 @@ class DNSComponent(Component):
         self._parallel = parallel
         self._timeout = upstream_timeout
         self._mmsg = mmsg
+        #: The server's caps (the agent's KUMA_DNS_PROXY_TCP_MAX_CONNECTIONS[_PER_SOURCE] and
+        #: KUMA_DNS_PROXY_UPSTREAM_MAX_PENDING_QUERIES; kuma_dns.server's defaults otherwise).
+        self._max_tcp = (max_tcp_connections, max_tcp_per_source)
+        self._max_pending = max_pending
         self.records_file = Path(records_file) if records_file else None
         self.server: DNSServer | None = None
         #: One table build at a time (dynconf, records file, persisted): each reuses the previous encodings.
@@ -181,7 +188,15 @@ class DNSComponent(Component):
                 self.metrics.config_loaded(self.store.current.extra_labels)
             forwarder = Forwarder([], self.metrics, timeout=self._timeout, parallel=self._parallel)
             self.server = DNSServer(
-                self.store, forwarder, self.metrics, self._addresses, self._port, mmsg=self._mmsg
+                self.store,
+                forwarder,
+                self.metrics,
+                self._addresses,
+                self._port,
+                mmsg=self._mmsg,
+                max_tcp_connections=self._max_tcp[0],
+                max_tcp_per_source=self._max_tcp[1],
+                max_pending=self._max_pending,
             )
             await self.server.start()
             forwarder.upstreams = self._upstreams_without_self(self.server.port)
@@ -273,6 +288,9 @@ def from_agent(ctx: AgentContext) -> DNSComponent | None:
         stale_after=cfg.dns.proxy_table_stale_after,
         parallel=cfg.dns.proxy_upstream_parallel,
         mmsg=cfg.dns.mmsg,
+        max_tcp_connections=cfg.dns.proxy_tcp_max_connections,
+        max_tcp_per_source=cfg.dns.proxy_tcp_max_connections_per_source,
+        max_pending=cfg.dns.proxy_upstream_max_pending_queries,
     )
     ctx.dynconf_handlers["/dns"] = (comp.update_async, comp.not_modified)
     return comp

@@ -98,6 +98,7 @@ class DNSMetrics:
         self.tcp_refused = 0  # TCP connections closed at accept: per-source or total cap, nothing to evict
         self.tcp_evicted = 0  # idle TCP connections closed to make room for a new one
         self.accept_errors = 0  # accept(2) failures (EMFILE...): the listener backs off
+        self.pending_dropped = 0  # UDP queries to forward dropped: the outstanding-upstream cap was full
         #: Tables not loaded (a planted or unsafe file, a FIFO, too big, bad JSON): the store counts them.
         self.tables_rejected: Callable[[], int] = lambda: 0
         self.entries: Callable[[], int] = lambda: 0
@@ -179,6 +180,11 @@ class DNSMetrics:
                 self.tcp_evicted,
             ),
             ("kuma_dp_dns_accept_errors", "accept() failures such as EMFILE", self.accept_errors),
+            (
+                "kuma_dp_dns_upstream_dropped_queries",
+                "UDP queries not forwarded: the outstanding upstream query cap was full",
+                self.pending_dropped,
+            ),
             (
                 "kuma_dp_dns_tables_rejected",
                 "Tables refused: unsafe file, not a regular file, bad",

@@ -29,6 +29,8 @@ from .upstream import FD_EXHAUSTED, FLAG_BYTES, Forwarder
 log = logging.getLogger(__name__)
 
 #: Outstanding slow-path (forwarded) UDP queries before new ones are dropped (dnsmasq's default is 150).
+#: The three caps here are defaults: the agent passes KUMA_DNS_PROXY_UPSTREAM_MAX_PENDING_QUERIES,
+#: KUMA_DNS_PROXY_TCP_MAX_CONNECTIONS and KUMA_DNS_PROXY_TCP_MAX_CONNECTIONS_PER_SOURCE (kuma_dp/config).
 MAX_PENDING = 2048
 MAX_TCP_CLIENTS = 256
 #: TCP connections one source address may hold. Past it (or past MAX_TCP_CLIENTS) the longest-idle
@@ -65,8 +67,16 @@ class DNSServer:
         addresses: Sequence[str] = ("127.0.0.1",),
         port: int = 15053,
         mmsg: bool | None = None,
+        *,
+        max_tcp_connections: int = MAX_TCP_CLIENTS,
+        max_tcp_per_source: int = MAX_TCP_PER_SOURCE,
+        max_pending: int = MAX_PENDING,
     ) -> None:
         self.store = store
+        self.max_tcp_connections = max(1, max_tcp_connections)
+        self.max_tcp_per_source = max(1, max_tcp_per_source)
+        self.max_pending = max(1, max_pending)
+        self._dropped_warned_at: float | None = None
         #: Batched UDP I/O where the platform has it; None = the module default USE_MMSG.
         self.use_mmsg = USE_MMSG if mmsg is None else mmsg
         self.forwarder = forwarder
@@ -82,6 +92,7 @@ class DNSServer:
         self._udp: list[_UDPReader] = []
         self._tcp_listeners: list[_TCPListener] = []
         self._conns: set[_TCPConn] = set()
+        self._admitted = 0  # TCP connections admitted so far: their admission order
         self._per_source: dict[str, int] = {}
         self._reserve = _FdReserve()
         self._refused_warned_at: float | None = None
@@ -415,10 +426,10 @@ class DNSServer:
         """A just-accepted connection: taken within the caps (closing the longest-idle one to make room), or
         refused when nothing is idle."""
         victim: _TCPConn | None = None
-        over = self._per_source.get(source, 0) >= MAX_TCP_PER_SOURCE
+        over = self._per_source.get(source, 0) >= self.max_tcp_per_source
         if over:
             victim = self._longest_idle(source)
-        elif len(self._conns) >= MAX_TCP_CLIENTS:
+        elif len(self._conns) >= self.max_tcp_connections:
             over = True
             victim = self._longest_idle(None)
         if victim is not None:
@@ -432,25 +443,42 @@ class DNSServer:
             if self._refused_warned_at is None or now - self._refused_warned_at >= LOG_EVERY:
                 self._refused_warned_at = now
                 log.warning(
-                    "dns: refusing TCP connection from %s: %d connections busy (per source %d, total %d); "
+                    "dns: refusing TCP connection from %s: %d connections busy (per source %d, total %d: "
+                    "KUMA_DNS_PROXY_TCP_MAX_CONNECTIONS_PER_SOURCE, KUMA_DNS_PROXY_TCP_MAX_CONNECTIONS); "
                     "counted in kuma_dp_dns_tcp_refused_connections (at most one line a minute)",
                     source,
                     len(self._conns),
-                    MAX_TCP_PER_SOURCE,
-                    MAX_TCP_CLIENTS,
+                    self.max_tcp_per_source,
+                    self.max_tcp_connections,
                 )
             return
-        conn = _TCPConn(source, sock, self._clock(), reserved=reserved)
+        self._admitted += 1
+        conn = _TCPConn(source, sock, self._clock(), reserved=reserved, seq=self._admitted)
         self._conns.add(conn)
         self._per_source[source] = self._per_source.get(source, 0) + 1
         self.spawn(self._tcp_client(conn))
+
+    def pending_full(self) -> None:
+        """A UDP query to forward while `max_pending` are outstanding: dropped (the client retries, as with
+        dnsmasq's forward limit), counted, and one line a minute."""
+        self.metrics.pending_dropped += 1
+        now = time.monotonic()
+        if self._dropped_warned_at is None or now - self._dropped_warned_at >= LOG_EVERY:
+            self._dropped_warned_at = now
+            log.warning(
+                "dns: dropping a query to forward: %d upstream queries outstanding "
+                "(KUMA_DNS_PROXY_UPSTREAM_MAX_PENDING_QUERIES); counted in "
+                "kuma_dp_dns_upstream_dropped_queries (at most one line a minute)",
+                self.max_pending,
+            )
 
     def _longest_idle(self, source: str | None) -> _TCPConn | None:
         best: _TCPConn | None = None
         for c in self._conns:
             if c.busy or (source is not None and c.source != source):
                 continue
-            if best is None or c.last_active < best.last_active:
+            # Ties (a burst admitted within one clock tick) go to the earliest admitted: the set has no order.
+            if best is None or (c.last_active, c.seq) < (best.last_active, best.seq):
                 best = c
         return best
 
@@ -488,7 +516,8 @@ class DNSServer:
                 return  # evicted before it started
             reader, writer = await asyncio.open_connection(sock=c.sock)
             c.writer = writer
-            c.last_active = self._clock()
+            # Not activity: the client has been idle since it was admitted. Refreshing here would make a
+            # connection whose task started late look newer than ones admitted after it.
             while c in self._conns:
                 async with asyncio.timeout(TCP_IDLE_TIMEOUT):
                     head = await reader.readexactly(2)
@@ -526,6 +555,7 @@ class _TCPConn:
     busy: bool = False
     writer: asyncio.StreamWriter | None = None
     reserved: bool = False  # accepted on a reserve descriptor: refill the reserve when it ends
+    seq: int = 0  # admission order, for ties in last_active
 
 
 class _FdReserve:
@@ -729,5 +759,7 @@ class _UDPReader:
                 self.sock.sendto(got, addr)
             except OSError:
                 pass
-        elif len(server._pending) < MAX_PENDING:
+        elif len(server._pending) < server.max_pending:
             server.spawn(server._udp_slow(self, data, got, addr))
+        else:
+            server.pending_full()

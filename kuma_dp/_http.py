@@ -439,11 +439,20 @@ class AcceptGuard:
     the cap displaces the oldest idle one (a connection that has not sent its request yet), else it is
     closed at once; when accept() fails for lack of descriptors, idle connections are shed and accepting
     backs off (10 ms doubling to 1 s). Each kind of event is one log line, at most every `log_interval`
-    seconds, with a count; `shed`, `refused` and `exhausted` count them for metrics and tests.
+    seconds, with a count; `shed`, `refused` and `exhausted` count them for tests, and `on_reject(reason)`
+    (`shed_idle`, `full`, `fd_exhausted`) hears each one, for the agent's `kuma_dp_connections_rejected`.
     """
 
-    def __init__(self, name: str, *, max_connections: int = 128, log_interval: float = 30.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        max_connections: int = 128,
+        log_interval: float = 30.0,
+        on_reject: Callable[[str], None] | None = None,
+    ) -> None:
         self.name = name
+        self.on_reject = on_reject
         self.max_connections = max(1, max_connections)
         self.log_interval = log_interval
         self.connections: set[Connection] = set()
@@ -475,6 +484,9 @@ class AcceptGuard:
             c.task.cancel()  # its descriptor is closed as the task unwinds, on the loop's next turn
             self.connections.discard(c)  # no longer counts against the cap, never picked twice
         self.shed += min(n, len(idle))
+        if self.on_reject is not None:
+            for _ in range(min(n, len(idle))):
+                self.on_reject("shed_idle")
         return min(n, len(idle))
 
     async def serve(
@@ -503,6 +515,8 @@ class AcceptGuard:
                     if exc.errno not in _EXHAUSTED:
                         raise
                     self.exhausted += 1
+                    if self.on_reject is not None:
+                        self.on_reject("fd_exhausted")
                     shed = self._shed_idle(max(1, len(self.connections) // 4))
                     backoff = min(max(backoff * 2, _BACKOFF_FIRST), _BACKOFF_MAX)
                     self._report(
@@ -522,6 +536,8 @@ class AcceptGuard:
                     else:
                         client.close()
                         self.refused += 1
+                        if self.on_reject is not None:
+                            self.on_reject("full")
                         self._report(
                             "full", f"{self.max_connections} connections are busy; closed a new one at once"
                         )

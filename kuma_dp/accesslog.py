@@ -214,15 +214,18 @@ class AccessLogStreamer(Component):
             try:
                 os.unlink(path)
             except OSError as exc:
+                self._fifo_rejected("unremovable")
                 raise AccessLogFifoError(
                     f"cannot remove {path} (owner uid {st.st_uid}): {exc.strerror}; it is not our FIFO, "
                     "remove it or use a --work-dir only kuma-dp's user can write to"
                 ) from None
+            self._fifo_rejected("replaced")
             st = None
         if st is None:
             try:
                 os.mkfifo(path, 0o600)
             except FileExistsError:
+                self._fifo_rejected("changed")
                 raise AccessLogFifoError(
                     f"{path} was re-created by someone else while we replaced it; use a --work-dir only "
                     "kuma-dp's user can write to"
@@ -231,6 +234,7 @@ class AccessLogStreamer(Component):
         opened = os.fstat(fd)
         if not _private_fifo(opened, uid):
             os.close(fd)
+            self._fifo_rejected("changed")
             raise AccessLogFifoError(
                 f"{path} changed while we opened it (now owner uid {opened.st_uid}, mode "
                 f"{oct(stat.S_IMODE(opened.st_mode))}); use a --work-dir only kuma-dp's user can write to"
@@ -288,6 +292,11 @@ class AccessLogStreamer(Component):
                 sender = self.senders[address] = _Sender(address, self.buffer_lines, self.metrics)
                 tg.create_task(sender.run(), name=f"access-log-sender {address}")
             sender.put(message)
+
+    def _fifo_rejected(self, reason: str) -> None:
+        """Count a foreign object at the FIFO path (kuma_dp_access_log_fifo_rejections)."""
+        if self.metrics is not None:
+            self.metrics.access_log_fifo_rejected(reason)
 
     def _malformed(self, reason: str) -> None:
         self.malformed += 1

@@ -22,10 +22,14 @@ import logging
 import socket
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from kuma_dp._http import AcceptGuard, Connection
 from kuma_dp.component import Component
 from kuma_dp.envoy import AdminAddress, AdminClient, AdminError
+
+if TYPE_CHECKING:
+    from kuma_dp.metrics import AgentMetrics
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +38,8 @@ DNS_GATE_TIMEOUT = 15.0
 HEADERS = {"content-type": "text/plain", "cache-control": "no-cache, max-age=0", "x-powered-by": "kuma-dp"}
 #: Kuma answers a failed admin request with Go's http.Error, which ends the text with a newline.
 ENVOY_NOT_READY = "envoy not ready\n"
-#: Probes are one short request each: a few connections at a time are plenty, the rest are shed.
+#: Probes are one short request each: a few connections at a time are plenty, the rest are shed
+#: (KUMA_READINESS_MAX_CONNECTIONS, `dataplane.readiness_max_connections`).
 MAX_CONNECTIONS = 64
 #: A probe sends its request at once; a connection silent for this long is dropped.
 HEAD_TIMEOUT = 5.0
@@ -168,12 +173,30 @@ class ReadinessReporter(Component):
 
     name = "readiness"
 
-    def __init__(self, sock: socket.socket, state: ReadinessState, admin: AdminClient) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        state: ReadinessState,
+        admin: AdminClient,
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        metrics: AgentMetrics | None = None,
+    ) -> None:
         super().__init__()
         self.sock = sock
         self.state = state
         self.admin = admin
-        self.guard = AcceptGuard("readiness reporter", max_connections=MAX_CONNECTIONS)
+        if metrics is None:
+            # The process-wide registry the hijacker serves: every shed or refused connection is counted.
+            from kuma_dp.metrics import agent_metrics
+
+            metrics = agent_metrics()
+        counted = metrics
+
+        def rejected(reason: str) -> None:
+            counted.connection_rejected("readiness", reason)
+
+        self.guard = AcceptGuard("readiness reporter", max_connections=max_connections, on_reject=rejected)
 
     @property
     def port(self) -> int:

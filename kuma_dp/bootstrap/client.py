@@ -81,6 +81,10 @@ class FatalBootstrapError(BootstrapError):
     """Not retried: other 4xx (`Invalid request: <body>`) or a local problem (bad CA, bad URL)."""
 
 
+class MalformedBootstrapError(BootstrapError):
+    """A 200 whose body is not a bootstrap (bad JSON, base64 or Envoy YAML): retried, and counted."""
+
+
 @dataclass(frozen=True)
 class BootstrapResult:
     """What the CP returned: the Envoy bootstrap YAML and `kumaSidecarConfiguration` ({} for legacy YAML)."""
@@ -343,7 +347,7 @@ def parse_response(status: int, content_type: str, body: bytes) -> BootstrapResu
             raw = doc.get("bootstrap")
             bootstrap = base64.b64decode(raw, validate=True) if raw else b""
         except (ValueError, AttributeError, TypeError, binascii.Error) as exc:
-            raise BootstrapError(f"could not parse the bootstrap response: {exc}") from None
+            raise MalformedBootstrapError(f"could not parse the bootstrap response: {exc}") from None
         sidecar = doc.get("kumaSidecarConfiguration") or {}
         if not isinstance(sidecar, dict):
             sidecar = {}
@@ -356,7 +360,9 @@ def parse_response(status: int, content_type: str, body: bytes) -> BootstrapResu
     try:
         parse_bootstrap(bootstrap)
     except BootstrapFormatError as exc:
-        raise BootstrapError(f"could not parse the Envoy bootstrap from the control plane: {exc}") from None
+        raise MalformedBootstrapError(
+            f"could not parse the Envoy bootstrap from the control plane: {exc}"
+        ) from None
     return BootstrapResult(bootstrap_yaml=bootstrap, sidecar_config=sidecar)
 
 
@@ -450,13 +456,30 @@ async def _attempt(
         async with asyncio.timeout(timeout):
             resp = await _exchange(url, body, ctx)
     except _http.HttpError as exc:
+        if isinstance(exc, _http.BodyTooLarge):
+            _count_rejection("too_large")
         # The transport's own exception (TLS verification, refused, reset) words the message best.
         cause = exc.__cause__
         described = cause if isinstance(cause, OSError | EOFError) else exc
         raise BootstrapError(_describe_transport_error(described, cfg)) from None
     except (OSError, TimeoutError, EOFError, ValueError, asyncio.LimitOverrunError) as exc:
         raise BootstrapError(_describe_transport_error(exc, cfg)) from None
-    return parse_response(resp.status, resp.headers.get("content-type", ""), resp.body)
+    try:
+        return parse_response(resp.status, resp.headers.get("content-type", ""), resp.body)
+    except MalformedBootstrapError:
+        _count_rejection("malformed")
+        raise
+
+
+def _count_rejection(reason: str) -> None:
+    """kuma_dp_bootstrap_rejections (and, for a body over the cap, kuma_dp_http_body_too_large), in the
+    process-wide registry the hijacker serves; imported here, on the failure path only."""
+    from kuma_dp.metrics import agent_metrics
+
+    metrics = agent_metrics()
+    metrics.bootstrap_rejected(reason)
+    if reason == "too_large":
+        metrics.body_too_large("control_plane")
 
 
 async def fetch_bootstrap(

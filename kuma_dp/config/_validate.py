@@ -69,6 +69,9 @@ def validate_dataplane(cfg: RunConfig) -> list[str]:
     # so two proxies on one VM do not collide on 9902 (kumahq/kuma#11769). Out-of-range keeps Kuma's text.
     if not 0 <= dp.readiness_port <= 65535:
         errs.append(".ReadinessPort has to be in (0, 65535] range")
+    # Ours (KUMA_READINESS_MAX_CONNECTIONS), worded as Kuma's other positive-value checks.
+    if dp.readiness_max_connections < 1:
+        errs.append(".ReadinessMaxConnections must be positive")
     return errs
 
 
@@ -101,6 +104,14 @@ def validate_dns(cfg: RunConfig) -> list[str]:
     # Ours: Kuma has no check and fails later, binding the embedded DNS proxy; 0 turns the proxy off.
     if dns.proxy_port > 65535:
         return [".ProxyPort has to be in [0, 65535] range"]
+    # Ours: the DNS proxy's caps (KUMA_DNS_PROXY_TCP_MAX_CONNECTIONS[_PER_SOURCE],
+    # KUMA_DNS_PROXY_UPSTREAM_MAX_PENDING_QUERIES); 0 would refuse every client.
+    if dns.proxy_tcp_max_connections < 1:
+        return [".ProxyTCPMaxConnections must be positive"]
+    if dns.proxy_tcp_max_connections_per_source < 1:
+        return [".ProxyTCPMaxConnectionsPerSource must be positive"]
+    if dns.proxy_upstream_max_pending_queries < 1:
+        return [".ProxyUpstreamMaxPendingQueries must be positive"]
     return []
 
 

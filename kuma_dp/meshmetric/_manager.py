@@ -278,6 +278,8 @@ class MeshMetricManager(Component):
                             raise
                         resp = await _http.get(target=target, host=host, port=app.port)
         except (TimeoutError, _http.HttpError) as exc:
+            if isinstance(exc, _http.BodyTooLarge) and self.metrics is not None:
+                self.metrics.body_too_large("envoy" if app.is_envoy else "application")
             log.warning(
                 "failed call", extra={"name": app.name, "path": app.path, "port": app.port, "error": str(exc)}
             )

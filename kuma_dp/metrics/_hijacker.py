@@ -462,6 +462,10 @@ class MetricsHijacker(Component):
             )
         except _http.HttpError as exc:
             reason = "error"
+            if isinstance(exc, _http.BodyTooLarge):
+                reason = "too_large"
+                if self.metrics is not None:
+                    self.metrics.body_too_large("envoy" if name == "envoy" else "application")
             log.warning("metrics endpoint failed; skipped", extra={"endpoint": name, "error": str(exc)})
         else:
             if 200 <= resp.status < 300:
