@@ -46,11 +46,13 @@ import importlib
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kuma_dp import starttrace
 from kuma_dp.component import Component, ComponentManager, with_restarts
 from kuma_dp.envoy import (
     AdminClient,
@@ -116,6 +118,8 @@ class AgentContext:
     dynconf_handlers: dict[str, Any] = field(default_factory=dict)
     #: Components by name, for a factory that needs one resolved before it (MeshMetric feeds the hijacker).
     components: dict[str, Any] = field(default_factory=dict)
+    #: time.monotonic() when Envoy was spawned (its component turned ready), for the start-up phases.
+    envoy_spawned_at: float | None = None
 
     def enable_dns_gate(self) -> asyncio.Event:
         """For the DNS component's factory: `/ready` says NOT_READY until the returned event is set
@@ -220,6 +224,13 @@ class Agent:
         else:
             log.error("inbound drain refused status=%d body=%r", resp.status, resp.text.strip())
 
+    async def _note_envoy_spawn(self) -> None:
+        """Envoy's spawn time, taken when its component turns ready (right after the exec), for the start-up
+        phases (envoy_live counts from it) and the timeline."""
+        await self.envoy.ready.wait()
+        self.ctx.envoy_spawned_at = time.monotonic()
+        starttrace.mark("envoy_spawned", at=self.ctx.envoy_spawned_at)
+
     # -- the one shutdown path
     # -----------------------------------------------------------------------------------
     async def _drain(self) -> None:
@@ -258,6 +269,8 @@ class Agent:
         # let it reach _on_term now, so the manager does not start Envoy for a run already asked to end.
         await asyncio.sleep(0)
         await asyncio.sleep(0)
+        spawn_watch = asyncio.create_task(self._note_envoy_spawn())
+        self._background.add(spawn_watch)
         try:
             # The first SIGTERM/SIGINT sets `_term`: the manager stops starting and awaits the drain, then
             # stops the components in `_stop_order`.
@@ -320,7 +333,9 @@ def _build(
         # handler before the config fetcher), and Envoy's own place is between the two lists.
         before = [_resolve(spec, ctx) for spec in [*BEFORE_ENVOY, *before_envoy]]
         after = [_resolve(spec, ctx) for spec in [*AFTER_ENVOY, *extra_components]]
-        reporter = ReadinessReporter(sock, ctx.readiness, ctx.admin)
+        reporter = ReadinessReporter(
+            sock, ctx.readiness, ctx.admin, max_connections=cfg.dataplane.readiness_max_connections
+        )
         components = [c for c in (*before, envoy, *after, reporter) if c is not None]
     except BaseException:
         sock.close()
@@ -356,6 +371,7 @@ async def run_agent(
     except (ReadinessPortError, EnvoyNotFoundError, AdminError, OSError) as exc:
         log.error("%s", exc)
         return 1
+    starttrace.mark("agent_built")
     return await agent.run()
 
 

@@ -10,6 +10,13 @@ Envoy serves per-path JSON (`/dns`, `/meshmetric`, ...) as direct responses on a
 * 404: not configured yet, forget the ETag; other statuses: logged, forget the ETag;
 * missing socket / connection refused / timeout: skipped quietly (Envoy is not up, or is restarting).
 
+Until Envoy first answers, the wait is not a whole interval: the socket appears when Envoy gets its first
+listeners, and the first `/dns` table opens the DNS gate of `/ready`, so start-up would otherwise lose up to
+an interval there. For the first `STARTUP_WINDOW` seconds the fetcher checks for the socket every
+`STARTUP_POLL` (a stat, no request) and asks as soon as it exists (retries that find it but get no answer
+back off, doubling up to the interval); after that, or once Envoy answered, one round per interval (a
+bootstrap without the dynamic-config listener must not cost a wake-up every few ms for ever).
+
 The component is resilient: nothing here may take the agent down, and a handler that raises only costs that
 path one refetch.
 """
@@ -35,6 +42,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL = 1.0
 CLIENT_TIMEOUT = 5.0
+#: Until Envoy first answers (for at most STARTUP_WINDOW seconds): how often to look for its socket.
+STARTUP_POLL = 0.005
+STARTUP_WINDOW = 30.0
 
 Handler = Callable[[bytes, str | None], Awaitable[object] | object]
 
@@ -68,6 +78,10 @@ class ConfigFetcher(Component):
         #: Handlers registered late: read at the start of run(), so components resolved after the fetcher
         #: (MeshMetric's "/meshmetric", the OpenTelemetry pipe's "/otel") are polled too.
         self.sources: list[dict[str, Any]] = []
+        #: Envoy answered on the socket at least once: from then on, one round per interval.
+        self.reached = False
+        #: Paths whose last answer was over the body cap: warned once until a good answer comes.
+        self._too_large: set[str] = set()
 
     def register(self, path: str, handler: Handler, not_modified: Callable[[], object] | None = None) -> None:
         """Add a path: `handler(body, etag)` (sync or async) runs on every 200; raise to reject the body."""
@@ -88,9 +102,27 @@ class ConfigFetcher(Component):
     async def run(self) -> None:
         self._register_sources()
         self.ready.set()
+        retry = STARTUP_POLL
+        fast_until = asyncio.get_running_loop().time() + STARTUP_WINDOW
         while True:
             await self.poll_once()
-            await asyncio.sleep(self.interval)
+            if self.reached or asyncio.get_running_loop().time() >= fast_until:
+                await asyncio.sleep(self.interval)
+                continue
+            # Start-up: wait for the socket to appear (or, if it was there and nobody answered, back off).
+            retry = await self._await_socket(retry)
+
+    async def _await_socket(self, retry: float) -> float:
+        """Sleep until the socket exists (checked every STARTUP_POLL) or one interval passed; returns the
+        pause for the next failed attempt (doubling, up to the interval)."""
+        if os.path.exists(self.socket):  # it exists but did not answer: Envoy is binding, or it is stale
+            await asyncio.sleep(retry)
+            return min(retry * 2, self.interval)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + self.interval
+        while loop.time() < end and not os.path.exists(self.socket):
+            await asyncio.sleep(STARTUP_POLL)
+        return retry
 
     async def poll_once(self) -> None:
         """One round over every path, in registration order (as kuma-dp does)."""
@@ -102,9 +134,20 @@ class ConfigFetcher(Component):
                 resp = await _http.get(
                     target=path, unix_path=self.socket, headers=headers, timeout=self.timeout
                 )
+            except _http.BodyTooLarge as exc:
+                # Envoy relays what the control plane sent: refused at the cap, counted every time, one
+                # warning until the path answers within the cap again (not one line per poll).
+                if path not in self._too_large:
+                    self._too_large.add(path)
+                    log.warning("dynconf: GET %s refused: %s; retrying every interval", path, exc)
+                from kuma_dp.metrics import agent_metrics
+
+                agent_metrics().body_too_large("dynamic_config")
+                return
             except _http.HttpError as exc:
                 log.debug("dynconf: GET %s failed: %s", path, exc)
                 return
+            self.reached = True
             if resp.status == 304:
                 if ph.not_modified is not None:
                     ph.not_modified()
@@ -116,6 +159,7 @@ class ConfigFetcher(Component):
                 log.warning("dynconf: GET %s answered %d; retrying next interval", path, resp.status)
                 ph.etag = None
                 continue
+            self._too_large.discard(path)
             etag = resp.headers.get("etag")
             ph.fetches += 1
             try:

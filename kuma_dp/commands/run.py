@@ -173,6 +173,22 @@ class _EnvoyProbe:
                 pass
 
 
+def _preload_agent() -> None:
+    """Import the agent and every component it may start while `envoy --version` runs.
+
+    The wait for the probe is idle time on the start-up's critical path (tens of ms: Envoy is a large
+    binary), and the agent imports all of these before it spawns Envoy anyway (`kuma_dp.agent._build`
+    resolves every "module:factory"); importing them here moves that cost off the path to Envoy's spawn.
+    """
+    import importlib
+
+    from kuma_dp import agent
+
+    for spec in (*agent.BEFORE_ENVOY, *agent.AFTER_ENVOY):
+        importlib.import_module(spec.partition(":")[0])
+    importlib.import_module("kuma_dp.otel")  # discover() below; brings prometheus_client (agent metrics)
+
+
 def _local_bootstrap(cfg: RunConfig, request: dict[str, Any]) -> bytes:
     from urllib.parse import urlsplit
 
@@ -236,6 +252,7 @@ async def _fetch_cancellable(cfg: RunConfig, request: dict[str, Any]) -> Any:
 
 
 async def _run_async(cfg: RunConfig, request: dict[str, Any], work_dir: Path, envoy_binary: str) -> int:
+    from kuma_dp import starttrace
     from kuma_dp.bootstrap.client import (
         FETCH_FAILED_PREFIX,
         BootstrapError,
@@ -248,12 +265,15 @@ async def _run_async(cfg: RunConfig, request: dict[str, Any], work_dir: Path, en
         log.info("rendered bootstrap configuration locally")
     else:
         log.info("generating bootstrap configuration cp=%s", cfg.control_plane.url)
+        starttrace.mark("bootstrap_sent")
         try:
             result = await _fetch_cancellable(cfg, request)
         except BootstrapError as exc:
             raise RunError(f"{FETCH_FAILED_PREFIX} {exc}") from None
         log.info("received bootstrap configuration")
+    starttrace.mark("bootstrap_answered")
     path = write_bootstrap(work_dir, result)
+    starttrace.mark("bootstrap_written")
     from kuma_dp.agent import run_agent
 
     log.info("starting Kuma DP version=%s", request["version"]["kumaDp"].get("version", ""))
@@ -262,6 +282,7 @@ async def _run_async(cfg: RunConfig, request: dict[str, Any], work_dir: Path, en
 
 def execute(cfg: RunConfig) -> int:
     """Everything after flag parsing; returns the exit code, raises RunError for a one-line failure."""
+    from kuma_dp import starttrace
     from kuma_dp.bootstrap.client import (
         FatalBootstrapError,
         build_request,
@@ -283,6 +304,8 @@ def execute(cfg: RunConfig) -> int:
     except (EnvError, ConfigError) as exc:
         raise RunError(str(exc)) from None
     rt = cfg.dataplane_runtime
+    starttrace.enable(rt.startup_trace)
+    starttrace.mark("settings")
     if rt.token:
         try:
             from kuma_dp import logs
@@ -323,9 +346,10 @@ def execute(cfg: RunConfig) -> int:
         if token is not None:
             rt.token_path = token.path
         _read_ca(cfg)
-        if cfg.bootstrap_source == "remote":
-            import kuma_dp.agent  # noqa: F401 - imported while `envoy --version` runs
+        _preload_agent()
+        starttrace.mark("preloaded")
         envoy_binary, envoy_info = probe.result()
+        starttrace.mark("envoy_version")
         if rt.ipv6_enabled and not host_has_ipv6():
             rt.ipv6_enabled = False
         if not rt.system_ca_path:
@@ -351,6 +375,7 @@ def execute(cfg: RunConfig) -> int:
 
         params.otel_env = discover(rt.otel_pipe_enabled).inventory
         request = build_request(params)
+        starttrace.mark("config")  # settings, Dataplane, token, CA, Envoy's version: the request is built
         return asyncio.run(_run_async(cfg, request, work_dir, envoy_binary))
     finally:
         if probe is not None:
@@ -360,7 +385,10 @@ def execute(cfg: RunConfig) -> int:
 
 
 def _run(**kw: Any) -> None:
+    from kuma_dp import starttrace
     from kuma_dp.dataplane import DataplaneError
+
+    starttrace.mark("imports")  # click parsed the flags: everything `kuma-dp run` needs to start is loaded
 
     try:
         cfg = config_from_flags(kw)

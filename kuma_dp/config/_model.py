@@ -117,6 +117,13 @@ class DataplaneConfig:
     readiness_port: int = setting(
         9902, env="KUMA_READINESS_PORT", help="Port of the readiness reporter (/ready); 0 picks a free port."
     )
+    #: Ours (kuma_dp.readiness.MAX_CONNECTIONS): past it the oldest idle connection is shed, or the new one
+    #: closed when all are busy, so idle peers cannot keep the kubelet's probe from being answered.
+    readiness_max_connections: int = setting(
+        64,
+        env="KUMA_READINESS_MAX_CONNECTIONS",
+        help="Connections the readiness reporter holds at once; past it the oldest idle one is closed.",
+    )
     resilient_component_base_backoff: float = setting(
         5.0,
         env="KUMA_DATAPLANE_RESILIENT_COMPONENT_BASE_BACKOFF",
@@ -304,6 +311,13 @@ class DataplaneRuntimeConfig:
         env="KUMA_DATAPLANE_RUNTIME_UNIFIED_RESOURCE_NAMING_ENABLED",
         help="Advertise unified resource naming to the Control Plane.",
     )
+    startup_trace: str = setting(
+        "",
+        env="KUMA_DP_STARTUP_TRACE",
+        help="Write the start-up timeline (CLOCK_MONOTONIC marks from interpreter start to Envoy LIVE, "
+        "first config and first DNS table) to this file as JSON; for benchmarks and start-up debugging "
+        "(not in Kuma).",
+    )
 
 
 @dataclass
@@ -396,6 +410,23 @@ class DNSConfig:
         env="KUMA_DNS_PROXY_UPSTREAM_PARALLEL",
         parse=_loose_bool,
         help="Ask all upstream nameservers at once instead of in order (1, true or yes in any case).",
+    )
+    #: Ours, the defaults of kuma_dns/server.py (MAX_TCP_CLIENTS, MAX_TCP_PER_SOURCE, MAX_PENDING): past a TCP
+    #: cap the longest-idle connection is closed (RFC 7766 §6.2.3), or the new one when none is idle.
+    proxy_tcp_max_connections: int = setting(
+        256,
+        env="KUMA_DNS_PROXY_TCP_MAX_CONNECTIONS",
+        help="TCP connections the DNS proxy holds at once; past it the longest-idle one is closed.",
+    )
+    proxy_tcp_max_connections_per_source: int = setting(
+        64,
+        env="KUMA_DNS_PROXY_TCP_MAX_CONNECTIONS_PER_SOURCE",
+        help="TCP connections one source address may hold on the DNS proxy.",
+    )
+    proxy_upstream_max_pending_queries: int = setting(
+        2048,
+        env="KUMA_DNS_PROXY_UPSTREAM_MAX_PENDING_QUERIES",
+        help="UDP queries being forwarded upstream at once; past it new ones are dropped (clients retry).",
     )
     mmsg: bool = setting(
         True,

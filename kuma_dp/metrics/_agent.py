@@ -19,6 +19,8 @@ from contextlib import contextmanager
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Enum, Gauge, Histogram
 
+from kuma_dp import starttrace
+
 __all__ = ["PHASES", "READINESS_STATES", "AgentMetrics", "agent_metrics"]
 
 #: Start-up phases, in the order they normally complete.
@@ -119,6 +121,7 @@ class AgentMetrics:
             ["backend", "result"],
             registry=r,
         )
+        self._init_rejections(r)
 
     # -- Envoy -------------------------------------------------------------------------------------
     def envoy_started(self) -> None:
@@ -156,9 +159,12 @@ class AgentMetrics:
         with self._lock:
             if phase in self._phase_values:
                 return self._phase_values[phase]
-            value = time.monotonic() - (self.started_at if since is None else since)
+            now = time.monotonic()
+            value = now - (self.started_at if since is None else since)
             self._phase_values[phase] = value
         self.phase_seconds.labels(phase=phase).set(value)
+        if phase != "bootstrap":  # the timeline has the bootstrap's own marks (sent, answered, written)
+            starttrace.mark(phase, at=now)
         return value
 
     @contextmanager
@@ -172,6 +178,55 @@ class AgentMetrics:
         """Completed phases and their seconds, for a readiness/debug report."""
         with self._lock:
             return dict(self._phase_values)
+
+    # -- Rejected input --------------------------------------------------------------------------------
+    # Every bound the agent enforces against a peer or a local user (a body over its cap, a connection shed
+    # or refused, a planted file at the access-log FIFO path, a bootstrap refused) logs one line and counts
+    # here, so an operator sees an attack, or a limit set too low, on the same page as everything else.
+    # The label values are the few fixed words each help text lists, never a peer address.
+    def _init_rejections(self, r: CollectorRegistry) -> None:
+        self.http_body_too_large = Counter(
+            "kuma_dp_http_body_too_large",
+            "HTTP bodies refused while streaming because they exceed the reader's cap, by who sent them "
+            "(control_plane: POST /bootstrap; application or envoy: a metrics scrape; dynamic_config: "
+            "Envoy's dynamic-config socket).",
+            ["source"],
+            registry=r,
+        )
+        self.connections_rejected = Counter(
+            "kuma_dp_connections_rejected",
+            "Connections the agent's own servers closed to stay within their bounds (shed_idle: the oldest "
+            "idle one made room; full: every slot busy, the new one closed; fd_exhausted: accept() found no "
+            "descriptor and accepting backed off).",
+            ["server", "reason"],
+            registry=r,
+        )
+        self.access_log_fifo_rejections = Counter(
+            "kuma_dp_access_log_fifo_rejections",
+            "Foreign objects found at the access-log FIFO path (replaced: removed and replaced by our "
+            "private FIFO; unremovable: it could not be removed; changed: swapped while we opened it).",
+            ["reason"],
+            registry=r,
+        )
+        self.bootstrap_rejections = Counter(
+            "kuma_dp_bootstrap_rejections",
+            "Bootstrap responses from the control plane refused (too_large: over the body cap; malformed: "
+            "not parseable JSON, base64 or Envoy bootstrap).",
+            ["reason"],
+            registry=r,
+        )
+
+    def body_too_large(self, source: str) -> None:
+        self.http_body_too_large.labels(source=source).inc()
+
+    def connection_rejected(self, server: str, reason: str) -> None:
+        self.connections_rejected.labels(server=server, reason=reason).inc()
+
+    def access_log_fifo_rejected(self, reason: str) -> None:
+        self.access_log_fifo_rejections.labels(reason=reason).inc()
+
+    def bootstrap_rejected(self, reason: str) -> None:
+        self.bootstrap_rejections.labels(reason=reason).inc()
 
 
 _default: AgentMetrics | None = None

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -140,6 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    # The start-up timeline for bench/startup.py, as `kuma-dp run` writes it (the setting of that name).
+    from kuma_dp import starttrace
+
+    starttrace.mark("imports")
+    starttrace.enable(os.environ.get("KUMA_DP_STARTUP_TRACE", ""))
     return run(args.bootstrap, args.readiness_port, args.drain_time, args.dns_gate, args.binary_path)
 
 
