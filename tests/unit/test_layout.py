@@ -122,3 +122,12 @@ def test_dev_commands_without_the_tools_say_how_to_install_them(command: list[st
     assert "pip install 'kuma-dp-py[dev]'" in out.stderr
     assert "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_opentelemetry_proto_files_are_the_agents_not_xds_protos_copy() -> None:
+    """xds-protos (dev extra) ships an older `opentelemetry/proto` at the same paths as opentelemetry-proto;
+    `./dev setup` reinstalls the latter last. Without that, MeshMetric's OTLP pushes fail in a fresh venv
+    (`metrics_pb2` has no `ScopeMetrics`) depending on pip's unpack order."""
+    from opentelemetry.proto.metrics.v1 import metrics_pb2
+
+    assert hasattr(metrics_pb2, "ScopeMetrics"), metrics_pb2.__file__
