@@ -58,14 +58,29 @@ def _ensure_target(target: Path, is_file: bool) -> None:
         target.mkdir()
 
 
+def _software_paths() -> list[str]:
+    """Where the container's programs come from: this checkout (editable install) and the virtualenv. An
+    image carries its software in its own root; here it is the host's, so a volume mounted over one of its
+    parents (the goldens mount an emptyDir on /tmp, and a checkout may live under /tmp) must not hide it."""
+    repo = Path(__file__).resolve().parents[2]
+    return sorted({str(repo), str(Path(sys.prefix).resolve())})
+
+
 def setup(spec: dict[str, Any]) -> None:
     volumes = spec.get("mounts") or []
     targets: list[tuple[str, bool]] = []
+    # Held open before any volume is mounted, so they can be bound back over the volume that hides them.
+    held = {path: os.open(path, os.O_PATH) for path in _software_paths()}
     for m in volumes:
         target = Path(m["target"]).resolve()
         _ensure_target(target, Path(m["source"]).is_file())
         _mount(m["source"], str(target), "", MS_BIND | MS_REC)
         targets.append((str(target), bool(m.get("read_only"))))
+    for path, fd in held.items():
+        if any(path.startswith(t + "/") for t, _ in targets):
+            os.makedirs(path, exist_ok=True)  # inside the volume now: a mount point for the original
+            _mount(f"/proc/self/fd/{fd}", path, "", MS_BIND | MS_REC)
+        os.close(fd)
     if spec.get("read_only_root"):
         volume_targets = {t for t, _ in targets}
         for point in _mount_points():
