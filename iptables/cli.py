@@ -23,7 +23,7 @@ from iptables import backend, builder, state
 from iptables import install as install_mod
 from iptables.config import ConfigError, TransparentProxyConfig, load_config
 from iptables.settings import SETTINGS, Setting, setting_for_flag
-from kuma_dp import goparse
+from kuma_dp.commands.goflags import GoBool
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
@@ -34,22 +34,6 @@ Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 # argument; click then rejects it, rather than silently reading `--x` as true). Kuma's injector passes
 # `--redirect-inbound=false` to gateway pods (`app/kumactl/cmd/install/install_transparent_proxy.go` declares
 # every boolean with `BoolVar`), so this is what `kumactl install transparent-proxy` accepts.
-
-
-class GoBool(click.ParamType):
-    """The value of a boolean flag, parsed as pflag's `boolValue.Set` does, with its error text."""
-
-    name = "bool"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> bool:
-        if isinstance(value, bool):
-            return value
-        try:
-            return goparse.parse_bool(str(value))
-        except ValueError as exc:
-            flag = param.opts[0] if isinstance(param, click.Option) else "?"
-            # pflag's "invalid argument %q for %q flag: %v", an error (exit 1), not a usage error
-            raise click.ClickException(f'invalid argument "{value}" for "{flag}" flag: {exc}') from None
 
 
 class GoBoolOption(click.Option):

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
-from kuma_dp.config import Setting
 from kuma_dp.goparse import format_duration, parse_bool, parse_duration
+
+if TYPE_CHECKING:  # the installer (kuma-init) imports GoBool from here without the agent's settings table
+    from kuma_dp.config import Setting
 
 F = TypeVar("F", bound=Callable[..., Any])
 
