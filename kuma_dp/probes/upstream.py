@@ -367,12 +367,7 @@ async def _chunked(reader: asyncio.StreamReader):  # type: ignore[no-untyped-def
             raise ProbeError(f"invalid chunk length {size_text!r}") from None
         if size == 0:
             return
-        left = size
-        while left > 0:
-            chunk = await reader.read(min(left, 16384))
-            if not chunk:
-                raise ProbeError("unexpected EOF")
-            left -= len(chunk)
+        async for chunk in _fixed(reader, size):
             yield chunk
         if await reader.readexactly(2) != b"\r\n":
             raise ProbeError("malformed chunked encoding")
