@@ -54,23 +54,9 @@ from typing import TYPE_CHECKING, Any
 
 from kuma_dp import starttrace
 from kuma_dp.component import Component, ComponentManager, with_restarts
-from kuma_dp.envoy import (
-    AdminClient,
-    EnvoyComponent,
-    EnvoyOptions,
-    admin_address_from_bootstrap,
-    build_command,
-    find_envoy,
-    load_bootstrap,
-    needs_redaction,
-)
-from kuma_dp.readiness import (
-    ReadinessPortError,
-    ReadinessReporter,
-    ReadinessState,
-    bind_readiness_socket,
-    readiness_bind_host,
-)
+from kuma_dp.envoy import AdminClient, EnvoyComponent, load_bootstrap
+from kuma_dp.launch import EnvoyPlan, Launched, plan_envoy
+from kuma_dp.readiness import ReadinessPortError, ReadinessReporter, ReadinessState
 
 if TYPE_CHECKING:
     from kuma_dp.config import RunConfig
@@ -120,6 +106,9 @@ class AgentContext:
     components: dict[str, Any] = field(default_factory=dict)
     #: time.monotonic() when Envoy was spawned (its component turned ready), for the start-up phases.
     envoy_spawned_at: float | None = None
+    #: What `kuma-dp run` made before the agent (Envoy running, readiness socket, access-log FIFO); None when
+    #: the agent spawns Envoy itself.
+    launched: Launched | None = None
 
     def enable_dns_gate(self) -> asyncio.Event:
         """For the DNS component's factory: `/ready` says NOT_READY until the returned event is set
@@ -227,6 +216,8 @@ class Agent:
     async def _note_envoy_spawn(self) -> None:
         """Envoy's spawn time, taken when its component turns ready (right after the exec), for the start-up
         phases (envoy_live counts from it) and the timeline."""
+        if self.ctx.launched is not None:
+            return  # spawned by kuma_dp.launch, which took the time and marked it
         await self.envoy.ready.wait()
         self.ctx.envoy_spawned_at = time.monotonic()
         starttrace.mark("envoy_spawned", at=self.ctx.envoy_spawned_at)
@@ -292,43 +283,41 @@ def _build(
     extra_components: Iterable[ComponentSpec],
     envoy_binary: str | None,
     sidecar_config: dict[str, Any] | None = None,
+    launched: Launched | None = None,
 ) -> Agent:
-    admin_address = admin_address_from_bootstrap(load_bootstrap(bootstrap))
     rt = cfg.dataplane_runtime
+    sidecar = sidecar_config or {}
+    if launched is not None:
+        plan = EnvoyPlan(launched.admin, launched.readiness_socket, launched.argv, launched.redact_output)
+    else:
+        plan = plan_envoy(
+            cfg, bootstrap, load_bootstrap(bootstrap), envoy_binary=envoy_binary, sidecar_config=sidecar
+        )
+    sock = plan.readiness_socket
     ctx = AgentContext(
         cfg=cfg,
         bootstrap_path=bootstrap,
         work_dir=Path(rt.work_dir) if rt.work_dir else bootstrap.parent,
-        admin=AdminClient(admin_address),
+        admin=AdminClient(plan.admin),
         readiness=ReadinessState(),
-        sidecar_config=sidecar_config or {},
+        sidecar_config=sidecar,
+        launched=launched,
     )
-    address = str((ctx.sidecar_config.get("networking") or {}).get("address") or "")
-    host = readiness_bind_host(admin_address, on_kubernetes=cfg.pod_name is not None, ipv6=":" in address)
-    sock = bind_readiness_socket(host, cfg.dataplane.readiness_port)
     try:
-        if cfg.dataplane.readiness_port == 0:
-            log.info("readiness reporter: KUMA_READINESS_PORT=0, picked port=%d", sock.getsockname()[1])
-        binary = envoy_binary or str(find_envoy(rt.binary_path))
-        argv = build_command(
-            EnvoyOptions(
-                binary=binary,
-                config_path=str(bootstrap),
-                drain_time_s=cfg.dataplane.drain_time,
-                log_level=rt.envoy_log_level or cfg.log.level,
-                component_log_level=rt.envoy_component_log_level,
-                concurrency=rt.concurrency,
-            )
-        )
 
         def _envoy_exited(code: int) -> None:
             for hook in ctx.envoy_exit_hooks:
                 hook(code)
 
-        # At debug/trace Envoy prints request headers, the dataplane token among them: filter its output.
-        redact = needs_redaction(rt.envoy_log_level or cfg.log.level, rt.envoy_component_log_level)
-        envoy = EnvoyComponent(argv, on_exit=_envoy_exited, redact_output=redact)
+        envoy = EnvoyComponent(
+            plan.argv,
+            on_exit=_envoy_exited,
+            redact_output=plan.redact_output,
+            process=launched.envoy if launched is not None else None,
+        )
         ctx.envoy = envoy
+        if launched is not None:
+            ctx.envoy_spawned_at = launched.spawned_at
         # Resolved in order: a factory may rely on what an earlier one put in ctx (the DNS proxy's "/dns"
         # handler before the config fetcher), and Envoy's own place is between the two lists.
         before = [_resolve(spec, ctx) for spec in [*BEFORE_ENVOY, *before_envoy]]
@@ -351,8 +340,12 @@ async def run_agent(
     extra_components: Iterable[ComponentSpec] = (),
     envoy_binary: str | None = None,
     sidecar_config: dict[str, Any] | None = None,
+    launched: Launched | None = None,
 ) -> int:
     """Run Envoy and the side components until Envoy exits or a signal ends the run; returns the exit code.
+
+    `launched`: an Envoy already started by `kuma_dp.launch.launch_envoy` (what `kuma-dp run` does), adopted
+    rather than spawned; it is killed if the agent cannot be built.
 
     Errors that prevent the start (readiness port taken, Envoy missing, bootstrap without admin address) are
     logged as one line and give exit code 1.
@@ -367,10 +360,15 @@ async def run_agent(
             extra_components=extra_components,
             envoy_binary=envoy_binary,
             sidecar_config=sidecar_config,
+            launched=launched,
         )
-    except (ReadinessPortError, EnvoyNotFoundError, AdminError, OSError) as exc:
-        log.error("%s", exc)
-        return 1
+    except BaseException as exc:
+        if launched is not None:
+            launched.abort()
+        if isinstance(exc, ReadinessPortError | EnvoyNotFoundError | AdminError | OSError):
+            log.error("%s", exc)
+            return 1
+        raise
     starttrace.mark("agent_built")
     return await agent.run()
 

@@ -13,6 +13,7 @@ The resource is sent as `dataplaneResource`: a compact JSON *string* laid out as
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import logging
@@ -22,8 +23,6 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
-
-import yaml
 
 log = logging.getLogger(__name__)
 
@@ -166,14 +165,22 @@ def go_json(value: Any, indent: int | None = None) -> str:
     )
 
 
-class _NoTimestampLoader(yaml.SafeLoader):
-    """YAML without implicit timestamps: a resource is re-sent as JSON, dates must stay strings."""
+@functools.cache
+def _no_timestamp_loader() -> type:
+    """A SafeLoader without implicit timestamps: a resource is re-sent as JSON, dates must stay strings.
 
+    Built on first use: PyYAML costs tens of milliseconds to import, and `kuma-dp run` without a Dataplane
+    template (Kubernetes, or --name/--mesh) never parses one."""
+    import yaml
 
-_NoTimestampLoader.yaml_implicit_resolvers = {
-    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:timestamp"]
-    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
+    class NoTimestampLoader(yaml.SafeLoader):
+        pass
+
+    NoTimestampLoader.yaml_implicit_resolvers = {
+        k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:timestamp"]
+        for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    return NoTimestampLoader
 
 
 def _meta_error(name: str, mesh: str, mesh_scoped: bool) -> str | None:
@@ -193,8 +200,10 @@ def _meta_error(name: str, mesh: str, mesh_scoped: bool) -> str | None:
 
 def parse_resource(text: str) -> DataplaneResource:
     """Parse a rendered template (YAML or JSON) and check its meta like Kuma does."""
+    import yaml
+
     try:
-        doc = yaml.load(text, Loader=_NoTimestampLoader)  # a SafeLoader subclass
+        doc = yaml.load(text, Loader=_no_timestamp_loader())  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         first = str(exc).splitlines()[0] if str(exc) else "syntax error"
         raise DataplaneError(f"invalid Dataplane resource: not valid YAML or JSON: {first}") from None

@@ -21,7 +21,7 @@ import atexit
 import os
 import time
 
-__all__ = ["enable", "mark", "marks"]
+__all__ = ["enable", "mark", "marks", "origin"]
 
 _marks: list[tuple[str, float]] = []
 _path: str | None = None
@@ -43,6 +43,11 @@ def mark(phase: str, at: float | None = None) -> None:
 def marks() -> list[tuple[str, float]]:
     """The marks so far, in the order they were recorded."""
     return list(_marks)
+
+
+def origin() -> float | None:
+    """When the process started running our code (the `interpreter` mark), or None if it was not marked."""
+    return next((at for name, at in _marks if name == "interpreter"), None)
 
 
 def enable(path: str) -> None:

@@ -91,6 +91,9 @@ class BootstrapResult:
 
     bootstrap_yaml: bytes
     sidecar_config: dict[str, Any] = field(default_factory=dict)
+    #: The bootstrap as parsed when it was checked (kuma_dp.envoy.parse_bootstrap), for its admin address;
+    #: None when not parsed yet.
+    document: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def metrics_aggregate(self) -> list[dict[str, Any]]:
@@ -358,12 +361,12 @@ def parse_response(status: int, content_type: str, body: bytes) -> BootstrapResu
     from kuma_dp.envoy import BootstrapFormatError, parse_bootstrap
 
     try:
-        parse_bootstrap(bootstrap)
+        document = parse_bootstrap(bootstrap)
     except BootstrapFormatError as exc:
         raise MalformedBootstrapError(
             f"could not parse the Envoy bootstrap from the control plane: {exc}"
         ) from None
-    return BootstrapResult(bootstrap_yaml=bootstrap, sidecar_config=sidecar)
+    return BootstrapResult(bootstrap_yaml=bootstrap, sidecar_config=sidecar, document=document)
 
 
 def write_bootstrap(work_dir: str | os.PathLike[str], result: BootstrapResult | bytes) -> Path:

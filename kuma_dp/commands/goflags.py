@@ -188,9 +188,9 @@ def _pflag_bool(opt: click.Option) -> click.Option:
 def adopt_go_flags(cmd: click.Command) -> click.Command:
     """Give `cmd` (and, for a group, its sub-commands) Go's boolean flags: `--x`, `--x=true`, `--x=false`.
 
-    Every sub-command of `kuma-dp` goes through this (kuma_dp/cli.py), so a flag declared with click's
-    `is_flag=True` anywhere accepts the `--flag=false` that Kuma's cobra commands, and operators' scripts,
-    use; a `--x/--no-x` pair keeps its names and takes `--x=true|false` too. Idempotent.
+    Every sub-command of `kuma-dp` goes through this (kuma_dp/commands/root.py), so a flag declared with
+    click's `is_flag=True` anywhere accepts the `--flag=false` that Kuma's cobra commands, and operators'
+    scripts, use; a `--x/--no-x` pair keeps its names and takes `--x=true|false` too. Idempotent.
     """
     if getattr(cmd, "_go_flags", False):
         return cmd

@@ -12,20 +12,12 @@ defaults all come from the settings table (`kuma_dp.config.SETTINGS`, listed in 
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import os
-import shutil
-import signal
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import click
-
-from kuma_dp.commands.goflags import GoCommand, setting_option
 from kuma_dp.config import (
     SETTINGS,
     ConfigError,
@@ -39,6 +31,9 @@ from kuma_dp.config import (
 )
 from kuma_dp.goparse import go_path_error
 
+if TYPE_CHECKING:
+    import click
+
 log = logging.getLogger(__name__)
 
 
@@ -48,8 +43,6 @@ class RunError(Exception):
 
 #: The settings `kuma-dp run` takes as flags, in `--help` order.
 FLAG_SETTINGS: tuple[Setting, ...] = tuple(s for s in SETTINGS if s.flags)
-
-OPTIONS: list[Any] = [setting_option(s) for s in FLAG_SETTINGS]
 
 
 def config_from_flags(kw: dict[str, Any]) -> RunConfig:
@@ -94,6 +87,8 @@ def prepare_work_dir(cfg: RunConfig) -> tuple[Path, bool]:
             raise RunError(f"could not create the work dir {path}: {exc.strerror}; fix --work-dir") from None
         _warn_if_shared(path)
         return path, False
+    import tempfile
+
     path = Path(tempfile.mkdtemp(prefix="kuma-dp-"))
     os.chmod(path, 0o711)
     rt.work_dir = str(path)
@@ -173,22 +168,6 @@ class _EnvoyProbe:
                 pass
 
 
-def _preload_agent() -> None:
-    """Import the agent and every component it may start while `envoy --version` runs.
-
-    The wait for the probe is idle time on the start-up's critical path (tens of ms: Envoy is a large
-    binary), and the agent imports all of these before it spawns Envoy anyway (`kuma_dp.agent._build`
-    resolves every "module:factory"); importing them here moves that cost off the path to Envoy's spawn.
-    """
-    import importlib
-
-    from kuma_dp import agent
-
-    for spec in (*agent.BEFORE_ENVOY, *agent.AFTER_ENVOY):
-        importlib.import_module(spec.partition(":")[0])
-    importlib.import_module("kuma_dp.otel")  # discover() below; brings prometheus_client (agent metrics)
-
-
 def _local_bootstrap(cfg: RunConfig, request: dict[str, Any]) -> bytes:
     from urllib.parse import urlsplit
 
@@ -212,43 +191,93 @@ def _local_bootstrap(cfg: RunConfig, request: dict[str, Any]) -> bytes:
         raise RunError(f"could not render the bootstrap locally (--bootstrap-source local): {exc}") from None
 
 
-async def _fetch_cancellable(cfg: RunConfig, request: dict[str, Any]) -> Any:
+class _FetchRecord:
+    """The bootstrap fetch's attempts and duration, kept until the agent metrics exist.
+
+    The metrics live in prometheus_client, whose import costs tens of milliseconds; the fetch is on the
+    path to Envoy's exec and the metrics are not served before the agent runs, so the numbers wait here
+    and `replay` hands them over once Envoy is running.
+    """
+
+    def __init__(self) -> None:
+        self.attempts: list[tuple[bool, float]] = []
+        self.began = self.ended = 0.0
+
+    def attempt(self, ok: bool, seconds: float) -> None:
+        self.attempts.append((ok, seconds))
+
+    def replay(self) -> None:
+        from kuma_dp.metrics import agent_metrics
+
+        metrics = agent_metrics()
+        for ok, seconds in self.attempts:
+            metrics.bootstrap_attempt(ok, seconds)
+        if self.ended:
+            metrics.phase_done("bootstrap", since=self.began, until=self.ended)
+
+
+class _StartSignals:
+    """SIGINT/SIGTERM before the agent exists: remembered, and cancelling the bootstrap fetch if one runs.
+
+    Installed for the whole start-up before Envoy's spawn, replaced by the agent's own handlers after it.
+    A signal is never left to its default action here, which would kill us with the temp work dir left
+    behind; it stops the start-up instead (`stop_requested`), before Envoy is spawned.
+    """
+
+    def __init__(self) -> None:
+        import asyncio
+        import signal
+
+        self.received: list[int] = []
+        self.cancel: Any = None
+        self._loop = asyncio.get_running_loop()
+        self._handled: list[int] = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._loop.add_signal_handler(sig, self._on_signal, sig)
+                self._handled.append(sig)
+            except (NotImplementedError, RuntimeError):
+                pass
+
+    def _on_signal(self, sig: int) -> None:
+        self.received.append(sig)
+        if self.cancel is not None:
+            self.cancel()
+
+    async def stop_requested(self) -> bool:
+        """Whether a signal asked us to stop, counting one that arrived during the last synchronous step:
+        asyncio runs a signal's handler two loop turns after the signal (self-pipe, then the callback)."""
+        import asyncio
+
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        return bool(self.received)
+
+
+async def _fetch_cancellable(
+    cfg: RunConfig, request: dict[str, Any], record: _FetchRecord, signals: _StartSignals
+) -> Any:
     """fetch_bootstrap, cancelled by SIGINT/SIGTERM (the agent installs its own handlers afterwards)."""
+    import asyncio
+    import time
+
     from kuma_dp.bootstrap.client import fetch_bootstrap
-    from kuma_dp.metrics import agent_metrics
 
-    metrics = agent_metrics()
-    loop = asyncio.get_running_loop()
-    task = asyncio.ensure_future(fetch_bootstrap(cfg, request, on_attempt=metrics.bootstrap_attempt))
-    handled = []
-    signalled: list[int] = []
-
-    def on_signal(sig: int) -> None:
-        # Remembered as well as cancelling: a signal that lands while the last step of the fetch runs
-        # (the task can no longer be cancelled) must still stop us before Envoy starts.
-        signalled.append(sig)
-        task.cancel()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, on_signal, sig)
-            handled.append(sig)
-        except (NotImplementedError, RuntimeError):
-            pass
+    task = asyncio.ensure_future(fetch_bootstrap(cfg, request, on_attempt=record.attempt))
+    # Remembered as well as cancelling: a signal that lands while the last step of the fetch runs (the task
+    # can no longer be cancelled) must still stop us before Envoy starts.
+    signals.cancel = task.cancel
     try:
-        with metrics.phase("bootstrap"):
-            result = await task
-        if signalled:
+        record.began = time.monotonic()
+        result = await task
+        record.ended = time.monotonic()
+        if signals.received:
             raise asyncio.CancelledError
         return result
     except asyncio.CancelledError:
         raise RunError("Failed to fetch Envoy bootstrap config. context canceled") from None
     finally:
-        for sig in handled:
-            # Not back to the default action: a signal between here and the agent's own handlers (writing
-            # the bootstrap, building the agent) stays pending and reaches the agent, which then stops before
-            # starting Envoy, instead of killing us with the temp work dir left behind.
-            loop.add_signal_handler(sig, signalled.append, sig)
+        signals.cancel = None
 
 
 async def _run_async(cfg: RunConfig, request: dict[str, Any], work_dir: Path, envoy_binary: str) -> int:
@@ -260,6 +289,8 @@ async def _run_async(cfg: RunConfig, request: dict[str, Any], work_dir: Path, en
         write_bootstrap,
     )
 
+    signals = _StartSignals()
+    record = _FetchRecord()
     if cfg.bootstrap_source == "local":
         result = BootstrapResult(bootstrap_yaml=_local_bootstrap(cfg, request))
         log.info("rendered bootstrap configuration locally")
@@ -267,37 +298,48 @@ async def _run_async(cfg: RunConfig, request: dict[str, Any], work_dir: Path, en
         log.info("generating bootstrap configuration cp=%s", cfg.control_plane.url)
         starttrace.mark("bootstrap_sent")
         try:
-            result = await _fetch_cancellable(cfg, request)
+            result = await _fetch_cancellable(cfg, request, record, signals)
         except BootstrapError as exc:
             raise RunError(f"{FETCH_FAILED_PREFIX} {exc}") from None
         log.info("received bootstrap configuration")
     starttrace.mark("bootstrap_answered")
     path = write_bootstrap(work_dir, result)
     starttrace.mark("bootstrap_written")
-    from kuma_dp.agent import run_agent
-
+    if await signals.stop_requested():
+        log.info("received a signal before Envoy was started: stopping")
+        return 0
     log.info("starting Kuma DP version=%s", request["version"]["kumaDp"].get("version", ""))
-    return await run_agent(cfg, path, envoy_binary=envoy_binary, sidecar_config=result.sidecar_config)
+    launched = _launch(cfg, path, result, envoy_binary)
+    if launched is None:
+        return 1
+    record.replay()
+    from kuma_dp.agent import run_agent  # the other components are imported and started beside Envoy
+
+    return await run_agent(
+        cfg, path, envoy_binary=envoy_binary, sidecar_config=result.sidecar_config, launched=launched
+    )
+
+
+def _launch(cfg: RunConfig, path: Path, result: Any, envoy_binary: str) -> Any:
+    """Envoy spawned now (kuma_dp.launch), or None after one error line (readiness port taken, no admin
+    address, Envoy not executable): the same errors and exit code the agent gives when it spawns Envoy."""
+    from kuma_dp.envoy import AdminError, EnvoyNotFoundError, load_bootstrap
+    from kuma_dp.launch import launch_envoy
+    from kuma_dp.readiness import ReadinessPortError
+
+    try:
+        document = result.document if result.document is not None else load_bootstrap(path)
+        return launch_envoy(
+            cfg, path, document, envoy_binary=envoy_binary, sidecar_config=result.sidecar_config
+        )
+    except (ReadinessPortError, EnvoyNotFoundError, AdminError, OSError) as exc:
+        log.error("%s", exc)
+        return None
 
 
 def execute(cfg: RunConfig) -> int:
     """Everything after flag parsing; returns the exit code, raises RunError for a one-line failure."""
     from kuma_dp import starttrace
-    from kuma_dp.bootstrap.client import (
-        FatalBootstrapError,
-        build_request,
-        host_has_ipv6,
-        params_from_config,
-        system_ca_bundle,
-        transparent_proxy_dataplane_config,
-    )
-    from kuma_dp.dataplane import (
-        NAME_MESH_WITH_RESOURCE,
-        PROXY_RESOURCE_TYPES,
-        DataplaneError,
-        load_dataplane,
-    )
-    from kuma_dp.token import TokenError, resolve_token
 
     try:
         load_config(cfg, os.environ)
@@ -306,6 +348,28 @@ def execute(cfg: RunConfig) -> int:
     rt = cfg.dataplane_runtime
     starttrace.enable(rt.startup_trace)
     starttrace.mark("settings")
+    # `envoy --version` takes tens of milliseconds: it runs while the rest of the start-up is checked and
+    # imported; its answer (or error) is taken where Kuma asks for it, after the token and the CA.
+    probe = _EnvoyProbe(cfg)
+    try:
+        return _execute(cfg, probe)
+    finally:
+        probe.abandon()
+
+
+def _execute(cfg: RunConfig, probe: _EnvoyProbe) -> int:
+    import json
+
+    from kuma_dp import starttrace
+    from kuma_dp.dataplane import (
+        NAME_MESH_WITH_RESOURCE,
+        PROXY_RESOURCE_TYPES,
+        DataplaneError,
+        load_dataplane,
+    )
+    from kuma_dp.token import TokenError, resolve_token
+
+    rt = cfg.dataplane_runtime
     if rt.token:
         try:
             from kuma_dp import logs
@@ -334,9 +398,7 @@ def execute(cfg: RunConfig) -> int:
         cfg.dataplane.mesh, cfg.dataplane.name = resource.mesh, resource.name
 
     work_dir, is_temp = prepare_work_dir(cfg)
-    probe: _EnvoyProbe | None = None
     try:
-        probe = _EnvoyProbe(cfg)
         if not cfg.dns.config_dir:
             cfg.dns.config_dir = str(work_dir)
         try:
@@ -346,8 +408,15 @@ def execute(cfg: RunConfig) -> int:
         if token is not None:
             rt.token_path = token.path
         _read_ca(cfg)
-        _preload_agent()
-        starttrace.mark("preloaded")
+        from kuma_dp.bootstrap.client import (
+            FatalBootstrapError,
+            build_request,
+            host_has_ipv6,
+            params_from_config,
+            system_ca_bundle,
+            transparent_proxy_dataplane_config,
+        )
+
         envoy_binary, envoy_info = probe.result()
         starttrace.mark("envoy_version")
         if rt.ipv6_enabled and not host_has_ipv6():
@@ -376,41 +445,65 @@ def execute(cfg: RunConfig) -> int:
         params.otel_env = discover(rt.otel_pipe_enabled).inventory
         request = build_request(params)
         starttrace.mark("config")  # settings, Dataplane, token, CA, Envoy's version: the request is built
+        import asyncio
+
         return asyncio.run(_run_async(cfg, request, work_dir, envoy_binary))
     finally:
-        if probe is not None:
-            probe.abandon()
         if is_temp:
+            import shutil
+
             shutil.rmtree(work_dir, ignore_errors=True)
 
 
-def _run(**kw: Any) -> None:
+class FlagError(ValueError):
+    """A flag value that parsed but cannot be used (a malformed --dataplane-var, a log file that cannot be
+    opened): click's usage error (exit 2) on the command line."""
+
+
+def run_with_flags(kw: dict[str, Any]) -> None:
+    """`kuma-dp run` once its flags are parsed (by click, or by kuma_dp.commands.pflag): exits the process.
+
+    Raises FlagError before anything has started when a flag's value cannot be used.
+    """
     from kuma_dp import starttrace
     from kuma_dp.dataplane import DataplaneError
 
-    starttrace.mark("imports")  # click parsed the flags: everything `kuma-dp run` needs to start is loaded
+    starttrace.mark("imports")  # flags parsed: what `kuma-dp run` needs to go on is loaded
 
     try:
         cfg = config_from_flags(kw)
     except DataplaneError as exc:  # a malformed --dataplane-var
-        raise click.UsageError(str(exc)) from None
+        raise FlagError(str(exc)) from None
     try:
         _setup_logging(cfg)
     except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+        raise FlagError(str(exc)) from None
     try:
         code = execute(cfg)
     except RunError as exc:
         log.debug("start-up failed", exc_info=False)
-        click.echo(f"Error: {exc}", err=True)
+        print(f"Error: {exc}", file=sys.stderr, flush=True)
         sys.exit(1)
     sys.exit(code)
 
 
+def _run(**kw: Any) -> None:
+    import click
+
+    try:
+        run_with_flags(kw)
+    except FlagError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
 def _build_command() -> click.Command:
+    import click
+
+    from kuma_dp.commands.goflags import GoCommand, setting_option
+
     func: Any = _run
-    for opt in reversed(OPTIONS):
-        func = opt(func)
+    for s in reversed(FLAG_SETTINGS):
+        func = setting_option(s)(func)
     return click.command(
         "run",
         cls=GoCommand,
@@ -420,4 +513,14 @@ def _build_command() -> click.Command:
     )(func)
 
 
-run = _build_command()
+_command: click.Command | None = None
+
+
+def __getattr__(name: str) -> Any:
+    """`run`, the click command, built on first use: the fast start (kuma_dp/cli.py) never needs it."""
+    global _command
+    if name != "run":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if _command is None:
+        _command = _build_command()
+    return _command

@@ -438,7 +438,7 @@ class DNSConfig:
 
 @dataclass
 class LogConfig:
-    """Kuma's root (persistent) log flags: also accepted before the sub-command (kuma_dp/cli.py)."""
+    """Kuma's root (persistent) log flags: also accepted before the sub-command (kuma_dp/commands/root.py)."""
 
     level: str = setting("info", flag="--log-level", help="off, info or debug.")
     output_path: str = setting("", flag="--log-output-path", help="Log file (rotated); default stderr.")

@@ -207,9 +207,50 @@ class EnvoyVersionProbe:
             )
         return parse_version_output(out)
 
+    def discard(self) -> None:
+        """Kill and reap the probe: its answer is not wanted (no `envoy --version` outlives us)."""
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.kill()
+            self._proc.communicate()
+
+
+#: A probe started before the configuration was read (`start_early_probe`), waiting to be claimed.
+_early: EnvoyVersionProbe | None = None
+
+
+def start_early_probe(binary_path: str) -> None:
+    """Start `envoy --version` for the Envoy that `binary_path` most likely names, before the configuration
+    is loaded: kuma_dp/cli.py calls it first thing for `kuma-dp run`, so Envoy's tens of milliseconds overlap
+    the imports and the configuration instead of following them. `start_version_probe` claims it only when
+    it was started for the very binary the configuration resolves to; otherwise it is killed and a new one
+    started, so a wrong guess costs time, never a wrong answer."""
+    global _early
+    try:
+        binary = find_envoy(binary_path)
+    except EnvoyNotFoundError:
+        return  # reported in Kuma's order by the real probe
+    _early = EnvoyVersionProbe(binary)
+    import atexit
+
+    atexit.register(_discard_early)
+
+
+def _discard_early() -> None:
+    global _early
+    if _early is not None:
+        _early.discard()
+        _early = None
+
 
 def start_version_probe(binary: str | os.PathLike[str]) -> EnvoyVersionProbe:
-    """Begin `envoy --version` in the background; `.result()` parses it (raises EnvoyVersionError)."""
+    """Begin `envoy --version` in the background (or claim the early one started for this very binary);
+    `.result()` parses it (raises EnvoyVersionError)."""
+    global _early
+    early, _early = _early, None
+    if early is not None:
+        if early.binary == os.fspath(binary):
+            return early
+        early.discard()
     return EnvoyVersionProbe(binary)
 
 

@@ -16,9 +16,10 @@ import logging
 import os
 import re
 import signal
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
 from kuma_dp.component import Component
 
@@ -64,6 +65,50 @@ def needs_redaction(log_level: str, component_log_level: str) -> bool:
     return any(level.strip().lower() in ("debug", "trace") for level in levels)
 
 
+def spawn_envoy(
+    argv: Sequence[str], *, env: dict[str, str] | None = None, redact_output: bool = False
+) -> subprocess.Popen[bytes]:
+    """Exec Envoy now, synchronously: its own process group, the parent-death signal armed, stdin closed, and
+    its output piped (for `EnvoyComponent`'s redaction) only when `redact_output`.
+
+    Synchronous so that `kuma-dp run` can start Envoy the moment its bootstrap is written, before the event
+    loop and the other components exist (kuma_dp.launch); `EnvoyComponent` adopts the process.
+    """
+    pipe = subprocess.PIPE if redact_output else None
+    return subprocess.Popen(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=pipe,
+        stderr=pipe,
+        env=env,
+        preexec_fn=_pdeathsig_preexec(),
+        process_group=0,
+    )
+
+
+async def _wait_exit(proc: subprocess.Popen[bytes]) -> int:
+    """Envoy's exit status, awaited without a thread: a pidfd becomes readable when the process exits.
+
+    Only the agent reaps Envoy (asyncio's child watchers wait for the pids they spawned themselves), so
+    `wait()` after the pidfd fires returns at once. Without pidfd_open (Linux < 5.3) a worker thread waits.
+    """
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        return await asyncio.to_thread(proc.wait)
+    loop = asyncio.get_running_loop()
+    exited = loop.create_future()
+    try:
+        loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
+        try:
+            await exited
+        finally:
+            loop.remove_reader(pidfd)
+    finally:
+        os.close(pidfd)
+    return proc.wait()
+
+
 async def _pump_redacted(stream: asyncio.StreamReader, out: TextIO) -> None:
     """Copy `stream` to `out` line by line with secrets redacted (kuma_dp.logs.redact)."""
     from kuma_dp.logs import redact
@@ -96,8 +141,16 @@ async def _pump_redacted(stream: asyncio.StreamReader, out: TextIO) -> None:
         emit(pending)
 
 
+async def _stream_reader(pipe: BinaryIO) -> asyncio.StreamReader:
+    """An asyncio reader over one of Envoy's output pipes."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=_MAX_LINE)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+    return reader
+
+
 class EnvoyExitedError(RuntimeError):
-    """Envoy ended by itself; `returncode` follows asyncio (negative = killed by that signal)."""
+    """Envoy ended by itself; `returncode` follows subprocess (negative = killed by that signal)."""
 
     def __init__(self, returncode: int) -> None:
         self.returncode = returncode
@@ -108,8 +161,10 @@ class EnvoyExitedError(RuntimeError):
 class EnvoyComponent(Component):
     """Runs one Envoy; `run()` returns when Envoy exits with 0 and raises EnvoyExitedError otherwise.
 
-    Cancelling `run()` stops Envoy: SIGTERM to its process group, SIGKILL after `stop_timeout` seconds.
-    `on_exit`, if given, hears every exit code (for metrics).
+    `process`: an Envoy already spawned with `spawn_envoy` (the start-up's critical path does that before
+    the agent exists), adopted by `run()`; without it `run()` spawns one. Cancelling `run()` stops Envoy:
+    SIGTERM to its process group, SIGKILL after `stop_timeout` seconds. `on_exit`, if given, hears every exit
+    code (for metrics).
     """
 
     name = "envoy"
@@ -122,6 +177,7 @@ class EnvoyComponent(Component):
         env: dict[str, str] | None = None,
         on_exit: Callable[[int], None] | None = None,
         redact_output: bool = False,
+        process: subprocess.Popen[bytes] | None = None,
     ) -> None:
         super().__init__()
         self.argv = list(argv)
@@ -129,34 +185,34 @@ class EnvoyComponent(Component):
         self.env = env
         self.on_exit = on_exit
         self.redact_output = redact_output
-        self.process: asyncio.subprocess.Process | None = None
+        self.process: subprocess.Popen[bytes] | None = process
+        self._exit: asyncio.Task[int] | None = None
 
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
+    def _exited(self) -> asyncio.Task[int]:
+        """The one task that reaps Envoy (run() and stop() both await it)."""
+        if self._exit is None:
+            assert self.process is not None
+            self._exit = asyncio.ensure_future(_wait_exit(self.process))
+        return self._exit
+
     async def run(self) -> None:
-        log.info("starting Envoy argv=%s", " ".join(self.argv))
-        pipe = asyncio.subprocess.PIPE if self.redact_output else None
-        self.process = await asyncio.create_subprocess_exec(
-            *self.argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=pipe,
-            stderr=pipe,
-            env=self.env,
-            preexec_fn=_pdeathsig_preexec(),
-            process_group=0,
-        )
+        if self.process is None:
+            log.info("starting Envoy argv=%s", " ".join(self.argv))
+            self.process = spawn_envoy(self.argv, env=self.env, redact_output=self.redact_output)
         log.info("Envoy started pid=%d", self.process.pid)
         pumps: list[asyncio.Task[None]] = []
         if self.process.stdout is not None and self.process.stderr is not None:
             pumps = [
-                asyncio.create_task(_pump_redacted(self.process.stdout, sys.stdout)),
-                asyncio.create_task(_pump_redacted(self.process.stderr, sys.stderr)),
+                asyncio.create_task(_pump_redacted(await _stream_reader(self.process.stdout), sys.stdout)),
+                asyncio.create_task(_pump_redacted(await _stream_reader(self.process.stderr), sys.stderr)),
             ]
         self.ready.set()
         try:
-            returncode = await self.process.wait()
+            returncode = await asyncio.shield(self._exited())
             if pumps:  # Envoy's last words (why it exited) are in the pipes: forward them before returning
                 await asyncio.wait(pumps, timeout=2.0)
         finally:
@@ -189,9 +245,9 @@ class EnvoyComponent(Component):
         except ProcessLookupError:
             pass
         try:
-            await asyncio.wait_for(asyncio.shield(proc.wait()), self.stop_timeout)
+            await asyncio.wait_for(asyncio.shield(self._exited()), self.stop_timeout)
         except TimeoutError:
             log.warning("Envoy did not stop within %gs; sending SIGKILL pid=%d", self.stop_timeout, proc.pid)
             self.kill_now()
-            await proc.wait()
+            await asyncio.shield(self._exited())
         log.info("Envoy stopped pid=%d exit=%s", proc.pid, proc.returncode)

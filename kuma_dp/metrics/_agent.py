@@ -36,7 +36,9 @@ class AgentMetrics:
     def __init__(self, registry: CollectorRegistry | None = None, *, started_at: float | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        self.started_at = time.monotonic() if started_at is None else started_at
+        #: "Agent start" for the phases that count from it: the process's start when the start-up timeline
+        #: saw it (kuma_dp.starttrace), else now.
+        self.started_at = started_at if started_at is not None else starttrace.origin() or time.monotonic()
         self._phase_values: dict[str, float] = {}
         self._lock = threading.Lock()
 
@@ -149,8 +151,9 @@ class AgentMetrics:
         self.readiness.state(state)
 
     # -- Start-up phases ---------------------------------------------------------------------------
-    def phase_done(self, phase: str, since: float | None = None) -> float:
-        """Record a phase's duration, from `since` (a time.monotonic() value) or from agent start.
+    def phase_done(self, phase: str, since: float | None = None, until: float | None = None) -> float:
+        """Record a phase's duration, from `since` (a time.monotonic() value) or from agent start, to `until`
+        or now (a phase that ended before the metrics existed: the bootstrap fetch, kuma_dp.commands.run).
 
         Only the first completion counts: a later config or DNS table is not "first" any more.
         """
@@ -159,7 +162,7 @@ class AgentMetrics:
         with self._lock:
             if phase in self._phase_values:
                 return self._phase_values[phase]
-            now = time.monotonic()
+            now = time.monotonic() if until is None else until
             value = now - (self.started_at if since is None else since)
             self._phase_values[phase] = value
         self.phase_seconds.labels(phase=phase).set(value)

@@ -4,8 +4,13 @@
 Importing this package costs no gRPC: the receivers (`_receiver`, grpcio) load only when a backend exists.
 """
 
-from kuma_dp.otel._env import BackendRuntime, EnvConfig, SignalRuntime, discover, resolve_backend
-from kuma_dp.otel._manager import OTEL_PATH, OtelPipeManager, parse_otel_config
+from typing import TYPE_CHECKING
+
+from kuma_dp._lazy import lazy_exports
+
+if TYPE_CHECKING:  # what the names are, for type checkers; at run time each loads on first use
+    from kuma_dp.otel._env import BackendRuntime, EnvConfig, SignalRuntime, discover, resolve_backend
+    from kuma_dp.otel._manager import OTEL_PATH, OtelPipeManager, parse_otel_config
 
 __all__ = [
     "OTEL_PATH",
@@ -17,3 +22,16 @@ __all__ = [
     "parse_otel_config",
     "resolve_backend",
 ]
+
+#: Public name -> the submodule defining it, imported on first use (kuma_dp/_lazy.py).
+_EXPORTS = {
+    "BackendRuntime": "_env",
+    "EnvConfig": "_env",
+    "SignalRuntime": "_env",
+    "discover": "_env",
+    "resolve_backend": "_env",
+    "OTEL_PATH": "_manager",
+    "OtelPipeManager": "_manager",
+    "parse_otel_config": "_manager",
+}
+__getattr__ = lazy_exports(__name__, _EXPORTS)

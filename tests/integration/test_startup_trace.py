@@ -23,14 +23,13 @@ ORDER = [
     "interpreter",
     "imports",
     "settings",
-    "preloaded",
     "envoy_version",
     "config",
     "bootstrap_sent",
     "bootstrap_answered",
     "bootstrap_written",
+    "envoy_spawned",  # Envoy first, the other components beside it (kuma_dp.launch)
     "agent_built",
-    "envoy_spawned",
     "envoy_live",
 ]
 

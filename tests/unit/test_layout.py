@@ -43,9 +43,9 @@ def _imported_modules(path: Path) -> set[str]:
     return names
 
 
-#: The one agent module that may name the tooling: the `kuma-dp` command line, which dispatches `dev-cp` and
+#: The one agent module that may name the tooling: the `kuma-dp` click group, which dispatches `dev-cp` and
 #: `demo` to it (or says how to install it) and runs none of it for any other sub-command.
-DISPATCHER = REPO / "kuma_dp" / "cli.py"
+DISPATCHER = REPO / "kuma_dp" / "commands" / "root.py"
 
 
 def test_agent_never_imports_the_development_tools() -> None:
