@@ -23,223 +23,51 @@ import functools
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING
+
+# The wire format (types, limits, the response parser) is kuma_dp._httpwire's, which imports no asyncio so
+# that `kuma-dp run` can fetch its bootstrap before loading the event loop; re-exported here.
+from kuma_dp._httpwire import (
+    _READ_CHUNK as _READ_CHUNK,
+)
+from kuma_dp._httpwire import (
+    MAX_BODY_BYTES,
+    MAX_HEADER_BYTES,
+    MAX_REQUEST_BODY_BYTES,
+    SERVER_IDLE_TIMEOUT,
+    HttpError,
+    Request,
+    Response,
+    _parse_headers,
+    _read_body,
+    _read_head,
+    encode_request,
+    read_response,
+)
+from kuma_dp._httpwire import (
+    BodyTooLarge as BodyTooLarge,
+)
+from kuma_dp._httpwire import (
+    _Buffer as _Buffer,
+)
+from kuma_dp._httpwire import (
+    _Reader as _Reader,
+)
+from kuma_dp._httpwire import (
+    _run_sync as _run_sync,
+)
+from kuma_dp._httpwire import (
+    host_header as host_header,
+)
+from kuma_dp._httpwire import (
+    parse_response as parse_response,
+)
 
 if TYPE_CHECKING:
     import ssl as _ssl
 
 log = logging.getLogger(__name__)
-
-MAX_HEADER_BYTES = 64 * 1024
-MAX_BODY_BYTES = 64 * 1024 * 1024
-#: What the server side accepts as a request body: it serves GET/HEAD only, a body is never needed.
-MAX_REQUEST_BODY_BYTES = 64 * 1024
-#: The server closes a connection that sends no complete request head for this long (idle keep-alive
-#: included), as Envoy's `idle_timeout`/`request_headers_timeout` do.
-SERVER_IDLE_TIMEOUT = 60.0
-_READ_CHUNK = 64 * 1024
-
-
-class HttpError(RuntimeError):
-    """Connect, read, timeout or protocol failure talking to an endpoint (`errno` set for socket errors)."""
-
-    def __init__(self, message: str, errno: int | None = None) -> None:
-        super().__init__(message)
-        self.errno = errno
-
-
-@dataclass(frozen=True)
-class Response:
-    status: int
-    headers: dict[str, str]  # names lower-cased
-    body: bytes
-
-    @property
-    def text(self) -> str:
-        return self.body.decode("utf-8", "replace")
-
-
-@dataclass
-class Request:
-    method: str
-    target: str
-    headers: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def path(self) -> str:
-        return self.target.partition("?")[0]
-
-    @property
-    def query(self) -> str:
-        return self.target.partition("?")[2]
-
-
-class _Reader(Protocol):
-    """The three asyncio.StreamReader calls the parser needs (also met by the in-memory `_Buffer`)."""
-
-    async def readuntil(self, separator: bytes = ...) -> bytes: ...
-
-    async def readexactly(self, n: int) -> bytes: ...
-
-    async def read(self, n: int = ...) -> bytes: ...
-
-
-# ------------------------------------------------------------------------------------------------ parsing
-
-
-async def _read_head(reader: _Reader) -> list[str]:
-    try:
-        raw = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.LimitOverrunError as exc:
-        raise HttpError("HTTP header section too large") from exc
-    if len(raw) > MAX_HEADER_BYTES:
-        raise HttpError("HTTP header section too large")
-    return raw.decode("latin-1").rstrip("\r\n").split("\r\n")
-
-
-def _parse_headers(lines: list[str]) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    for line in lines:
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
-    return headers
-
-
-class BodyTooLarge(HttpError):
-    """A message body over the reader's limit, detected while it streams in (never after reading it all)."""
-
-
-def _too_large(peer: str, limit: int, how: str) -> BodyTooLarge:
-    return BodyTooLarge(
-        f"the body from {peer or 'the peer'} exceeds the {_size(limit)} limit ({how}); refused it without "
-        "reading further"
-    )
-
-
-def _size(n: int) -> str:
-    return f"{n // (1024 * 1024)} MiB" if n >= 1024 * 1024 and n % (1024 * 1024) == 0 else f"{n} bytes"
-
-
-async def _read_body(
-    reader: _Reader,
-    headers: Mapping[str, str],
-    until_eof: bool,
-    *,
-    limit: int = MAX_BODY_BYTES,
-    peer: str = "",
-) -> bytes:
-    """The message body after the head: chunked, Content-Length, else (responses only) up to EOF.
-
-    Every form is checked against `limit` before the bytes are read: a declared length or chunk size up
-    front, a body that runs to EOF chunk by chunk, so a peer that streams without end costs at most `limit`
-    bytes of memory (Envoy's `max_request_bytes` buffer filter bounds a body the same way).
-    """
-    if headers.get("transfer-encoding", "").lower() == "chunked":
-        out = bytearray()
-        while True:
-            size_line = await reader.readuntil(b"\r\n")
-            size = int(size_line.split(b";")[0].strip() or b"0", 16)
-            if size == 0:
-                while await reader.readuntil(b"\r\n") != b"\r\n":
-                    pass  # trailer fields, up to the empty line
-                return bytes(out)
-            if len(out) + size > limit:
-                raise _too_large(peer, limit, "chunked")
-            out += await reader.readexactly(size)
-            await reader.readexactly(2)
-    if "content-length" in headers:
-        length = int(headers["content-length"])
-        if length < 0:
-            raise ValueError(f"negative Content-Length {length}")
-        if length > limit:
-            raise _too_large(peer, limit, f"Content-Length {length}")
-        return await reader.readexactly(length)
-    if not until_eof:
-        return b""
-    # Connection: close and no length: the body ends at EOF. Read in pieces and stop at the limit.
-    chunks: list[bytes] = []
-    total = 0
-    while chunk := await reader.read(_READ_CHUNK):
-        total += len(chunk)
-        if total > limit:
-            raise _too_large(peer, limit, "no Content-Length, still streaming")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def read_response(
-    reader: _Reader, *, head_only: bool = False, limit: int = MAX_BODY_BYTES, peer: str = ""
-) -> Response:
-    """Read one response; `head_only` for answers that carry no body (to HEAD; 1xx, 204, 304 always).
-
-    A body over `limit` bytes raises BodyTooLarge naming `peer` and the limit."""
-    try:
-        head = await _read_head(reader)
-        parts = head[0].split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-            raise HttpError(f"not an HTTP response: {head[0][:80]!r}")
-        status = int(parts[1])
-        headers = _parse_headers(head[1:])
-        no_body = head_only or status < 200 or status in (204, 304)
-        body = b"" if no_body else await _read_body(reader, headers, True, limit=limit, peer=peer)
-    except asyncio.IncompleteReadError as exc:
-        raise HttpError("incomplete HTTP response") from exc
-    except ValueError as exc:  # a bad chunk size or Content-Length
-        raise HttpError(f"malformed HTTP response: {exc}") from exc
-    return Response(status, headers, body)
-
-
-class _Buffer:
-    """A whole message in memory behind the `_Reader` calls; nothing in it ever waits."""
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self._pos = 0
-
-    def _take(self, end: int) -> bytes:
-        out = self._data[self._pos : end]
-        self._pos += len(out)
-        return out
-
-    async def readuntil(self, separator: bytes = b"\n") -> bytes:
-        end = self._data.find(separator, self._pos)
-        if end < 0:
-            raise asyncio.IncompleteReadError(self._take(len(self._data)), None)
-        return self._take(end + len(separator))
-
-    async def readexactly(self, n: int) -> bytes:
-        out = self._take(self._pos + n)
-        if len(out) < n:
-            raise asyncio.IncompleteReadError(out, n)
-        return out
-
-    async def read(self, n: int = -1) -> bytes:
-        return self._take(len(self._data) if n < 0 else self._pos + n)
-
-
-def _run_sync(coro: Coroutine[Any, Any, Response]) -> Response:
-    try:
-        coro.send(None)
-    except StopIteration as done:
-        result: Response = done.value
-        return result
-    coro.close()
-    raise RuntimeError("the in-memory reader waited")  # cannot happen: _Buffer never suspends
-
-
-def parse_response(raw: bytes) -> Response:
-    """Parse a complete response (head and body) held in memory; HttpError when it is not HTTP."""
-    return _run_sync(read_response(_Buffer(raw)))
-
-
-# ------------------------------------------------------------------------------------------------- client
-
-
-def host_header(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def _open(
@@ -288,17 +116,9 @@ async def request(
     Every failure, `timeout` (None: the caller bounds the time, cancellation closes the socket) included,
     is an HttpError whose message names the cause ("connection refused", "no answer within 1s", ...).
     """
-    extra = dict(headers or {})
-    host_value = next((extra.pop(k) for k in list(extra) if k.lower() == "host"), None)
-    if host_value is None:
-        host_value = "localhost" if unix_path is not None else host_header(host or "", port or 0)
-    lines = [f"{method} {target} HTTP/1.1", f"Host: {host_value}"]
-    lines += [f"{k}: {v}" for k, v in extra.items()]
-    if body or method not in ("GET", "HEAD"):
-        lines.append(f"Content-Length: {len(body)}")
-    lines.append("Connection: close")
-    data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-    peer = f"unix:{unix_path}" if unix_path is not None else host_header(host or "", port or 0)
+    data, peer = encode_request(
+        method, target, host=host, port=port, unix_path=unix_path, headers=headers, body=body
+    )
 
     async def exchange() -> Response:
         reader, writer = await _open(host, port, unix_path, source_address, ssl)

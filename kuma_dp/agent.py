@@ -258,6 +258,10 @@ class Agent:
         loop.add_signal_handler(signal.SIGUSR2, self._on_usr2)
         # A signal that arrived while the agent was being built is only dispatched on the loop's next turns:
         # let it reach _on_term now, so the manager does not start Envoy for a run already asked to end.
+        # One that came before the loop existed (Envoy launched by `kuma-dp run`) was kept for us.
+        if self.ctx.launched is not None:
+            for sig in list(self.ctx.launched.signals):
+                self._on_term(signal.Signals(sig).name)
         await asyncio.sleep(0)
         await asyncio.sleep(0)
         spawn_watch = asyncio.create_task(self._note_envoy_spawn())

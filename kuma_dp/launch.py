@@ -21,6 +21,7 @@ stops it when the agent cannot be built.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -40,6 +41,50 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+class ReadinessPortError(RuntimeError):
+    """The readiness port cannot be bound; the message is the one line shown to the operator."""
+
+
+def readiness_bind_host(admin: AdminAddress, *, on_kubernetes: bool, ipv6: bool = False) -> str:
+    """Kuma's rule (app/kuma-dp/cmd/run.go): the admin address when admin is TCP; with a unix-socket admin,
+    all addresses on Kubernetes (the kubelet probes the pod IP), loopback elsewhere, in the family of the
+    dataplane's address (`ipv6`: kumaSidecarConfiguration.networking.address is IPv6)."""
+    if not admin.is_unix:
+        return admin.host
+    if on_kubernetes:
+        return "::" if ipv6 else "0.0.0.0"
+    return "::1" if ipv6 else "127.0.0.1"
+
+
+def bind_readiness_socket(host: str, port: int) -> socket.socket:
+    """Bind and listen now, so a taken port is reported before anything else starts."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            # Dual stack on `::` whatever net.ipv6.bindv6only says: Kuma listens with Go's "tcp" network,
+            # which clears IPV6_V6ONLY, so a kubelet probing the pod's IPv4 address reaches us too.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        shown = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+        if exc.errno == errno.EADDRINUSE:
+            raise ReadinessPortError(
+                f"readiness reporter: listen tcp {shown}: bind: address already in use "
+                "(another kuma-dp on this host?); "
+                "set KUMA_READINESS_PORT to a free port, or to 0 to let the kernel pick one"
+            ) from None
+        raise ReadinessPortError(
+            f"readiness reporter: listen tcp {shown}: {exc.strerror}; "
+            "set KUMA_READINESS_PORT to a usable port"
+        ) from None
+    sock.setblocking(False)
+    return sock
+
+
 @dataclass
 class Launched:
     """What `launch_envoy` made, for the agent to adopt."""
@@ -56,6 +101,8 @@ class Launched:
     fifo_fd: int | None = None
     #: Why a foreign object at the FIFO path was replaced or refused, counted once the metrics exist.
     fifo_rejections: list[str] = field(default_factory=list)
+    #: SIGINT/SIGTERM received after the spawn, before the agent's own handlers: the agent acts on them.
+    signals: list[int] = field(default_factory=list)
 
     def take_fifo_fd(self, path: str) -> int | None:
         """The pre-opened FIFO for the streamer of `path` (once; None for another path or when none)."""
@@ -106,7 +153,6 @@ def plan_envoy(
         find_envoy,
         needs_redaction,
     )
-    from kuma_dp.readiness import bind_readiness_socket, readiness_bind_host
 
     rt = cfg.dataplane_runtime
     admin = admin_address_from_bootstrap(bootstrap_doc)
@@ -145,8 +191,8 @@ def launch_envoy(
 ) -> Launched:
     """Plan, make the access-log FIFO, exec Envoy. Raises what `plan_envoy` raises, or OSError from the
     exec; nothing is left open then."""
-    from kuma_dp.accesslog import AccessLogFifoError, open_private_fifo
     from kuma_dp.envoy import spawn_envoy
+    from kuma_dp.fsutil import PrivateFifoError, open_private_fifo
     from kuma_dp.paths import access_log_socket_path
 
     plan = plan_envoy(
@@ -159,7 +205,7 @@ def launch_envoy(
     fifo_fd: int | None = None
     try:
         fifo_fd = open_private_fifo(fifo, rejections.append)
-    except (AccessLogFifoError, OSError) as exc:
+    except (PrivateFifoError, OSError) as exc:
         log.warning("access-log FIFO not ready before Envoy; the streamer retries error=%r", str(exc))
     try:
         log.info("starting Envoy argv=%s", " ".join(plan.argv))

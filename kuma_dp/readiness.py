@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import socket
 import time
@@ -26,7 +25,10 @@ from typing import TYPE_CHECKING
 
 from kuma_dp._http import AcceptGuard, Connection
 from kuma_dp.component import Component
-from kuma_dp.envoy import AdminAddress, AdminClient, AdminError
+from kuma_dp.envoy import AdminClient, AdminError
+from kuma_dp.launch import ReadinessPortError as ReadinessPortError
+from kuma_dp.launch import bind_readiness_socket as bind_readiness_socket
+from kuma_dp.launch import readiness_bind_host as readiness_bind_host
 
 if TYPE_CHECKING:
     from kuma_dp.metrics import AgentMetrics
@@ -44,10 +46,6 @@ MAX_CONNECTIONS = 64
 #: A probe sends its request at once; a connection silent for this long is dropped.
 HEAD_TIMEOUT = 5.0
 HEAD_LIMIT = 8 * 1024
-
-
-class ReadinessPortError(RuntimeError):
-    """The readiness port cannot be bound; the message is the one line shown to the operator."""
 
 
 @dataclass
@@ -115,46 +113,6 @@ async def evaluate(state: ReadinessState, admin: AdminClient) -> Answer:
         envoy_body=body,
         admin_unix=admin.address.is_unix,
     )
-
-
-def readiness_bind_host(admin: AdminAddress, *, on_kubernetes: bool, ipv6: bool = False) -> str:
-    """Kuma's rule (app/kuma-dp/cmd/run.go): the admin address when admin is TCP; with a unix-socket admin,
-    all addresses on Kubernetes (the kubelet probes the pod IP), loopback elsewhere, in the family of the
-    dataplane's address (`ipv6`: kumaSidecarConfiguration.networking.address is IPv6)."""
-    if not admin.is_unix:
-        return admin.host
-    if on_kubernetes:
-        return "::" if ipv6 else "0.0.0.0"
-    return "::1" if ipv6 else "127.0.0.1"
-
-
-def bind_readiness_socket(host: str, port: int) -> socket.socket:
-    """Bind and listen now, so a taken port is reported before anything else starts."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            # Dual stack on `::` whatever net.ipv6.bindv6only says: Kuma listens with Go's "tcp" network,
-            # which clears IPV6_V6ONLY, so a kubelet probing the pod's IPv4 address reaches us too.
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        sock.bind((host, port))
-        sock.listen(128)
-    except OSError as exc:
-        sock.close()
-        shown = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
-        if exc.errno == errno.EADDRINUSE:
-            raise ReadinessPortError(
-                f"readiness reporter: listen tcp {shown}: bind: address already in use "
-                "(another kuma-dp on this host?); "
-                "set KUMA_READINESS_PORT to a free port, or to 0 to let the kernel pick one"
-            ) from None
-        raise ReadinessPortError(
-            f"readiness reporter: listen tcp {shown}: {exc.strerror}; "
-            "set KUMA_READINESS_PORT to a usable port"
-        ) from None
-    sock.setblocking(False)
-    return sock
 
 
 def _response(status: int, body: str, *, head_only: bool = False) -> bytes:

@@ -17,29 +17,28 @@ TLS: a configured CA (`--ca-cert-file` / `KUMA_CONTROL_PLANE_CA_CERT`) is the **
 one the system roots verify the CP (`ssl.create_default_context()`; Kuma <= 2.13 silently skipped
 verification, we never do); `--skip-verify` disables verification with a loud warning. TLS >= 1.2.
 
-The one POST per start is spoken over asyncio streams (HTTP/1.1, `Connection: close`) rather than through
-an HTTP library: httpx/httpcore/anyio cost ~100 ms of imports and several MiB of RSS in an agent whose
-budget is 300 ms and 35 MiB.
+The POST is spoken with the agent's own HTTP/1.1 (`Connection: close`) rather than an HTTP library:
+httpx/httpcore/anyio cost ~100 ms of imports and several MiB of RSS. The first attempt is blocking
+(`first_attempt_blocking`, kuma_dp._httpwire), so a start that needs one request reaches Envoy's exec without
+importing asyncio; retries run in `fetch_bootstrap` over asyncio streams, going on from that first attempt.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
 import logging
 import os
-import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from kuma_dp import _http
+from kuma_dp import _httpwire
 from kuma_dp.bootstrap.features import (
     FEATURE_BIND_OUTBOUNDS,
     FEATURE_DELTA_GRPC,
@@ -55,6 +54,9 @@ from kuma_dp.bootstrap.features import (
 from kuma_dp.config import RunConfig
 from kuma_dp.dataplane import DataplaneResource, go_json
 from kuma_dp.fsutil import atomic_write
+
+if TYPE_CHECKING:
+    import ssl
 
 log = logging.getLogger(__name__)
 
@@ -230,18 +232,26 @@ def host_has_ipv6(proc_file: str = "/proc/net/if_inet6") -> bool:
     return False
 
 
-def system_ca_bundle() -> str:
-    """The OS CA bundle path Envoy can use (`systemCaPath`); "" when none is found."""
-    candidates = [
-        ssl.get_default_verify_paths().cafile or "",
-        "/etc/ssl/certs/ca-certificates.crt",
-        "/etc/pki/tls/certs/ca-bundle.crt",
-        "/etc/ssl/ca-bundle.pem",
-        "/etc/ssl/cert.pem",
-    ]
-    for c in candidates:
-        if c and os.path.isfile(c):
-            return c
+#: Where Kuma looks for the OS CA bundle, in its order (`GetOsCaFilePath` in
+#: app/kuma-dp/pkg/dataplane/certificate/cert.go, after Go's crypto/x509/root_linux.go).
+OS_CA_FILES = (
+    "/etc/ssl/certs/ca-certificates.crt",  # Debian/Ubuntu/Gentoo etc.
+    "/etc/pki/tls/certs/ca-bundle.crt",  # Fedora/RHEL 6
+    "/etc/ssl/ca-bundle.pem",  # OpenSUSE
+    "/etc/pki/tls/cacert.pem",  # OpenELEC
+    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",  # CentOS/RHEL 7
+    "/etc/ssl/cert.pem",  # Alpine Linux
+)
+
+
+def system_ca_bundle(candidates: tuple[str, ...] = OS_CA_FILES) -> str:
+    """The OS CA bundle path Envoy can use (`systemCaPath`): the first of Kuma's paths that exists (os.Stat,
+    so any kind of file), "" when none does; logged as Kuma logs it."""
+    for path in candidates:
+        if os.path.exists(path):
+            log.info("using OS provided CA certificate certificate path=%s", path)
+            return path
+    log.info("OS provided certificate not found")
     return ""
 
 
@@ -388,6 +398,8 @@ def bootstrap_url(cp_url: str) -> str:
 
 def ssl_context(cfg: RunConfig) -> ssl.SSLContext:
     """TLS to the CP: the configured CA as the only root, else the system roots; TLS >= 1.2."""
+    import ssl
+
     cp = cfg.control_plane
     if cp.skip_verify:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -409,6 +421,8 @@ def ssl_context(cfg: RunConfig) -> ssl.SSLContext:
 
 
 def _describe_transport_error(exc: BaseException, cfg: RunConfig) -> str:
+    import ssl
+
     detail = str(exc) or type(exc).__name__
     if isinstance(exc, TimeoutError):
         detail = f"no answer within {REQUEST_TIMEOUT:g}s (context deadline exceeded)"
@@ -429,10 +443,8 @@ def _describe_transport_error(exc: BaseException, cfg: RunConfig) -> str:
     return msg
 
 
-async def _exchange(url: str, body: bytes, ctx: ssl.SSLContext | None) -> _http.Response:
-    """One POST on a fresh connection (HTTP/1.1, Connection: close), with the agent's small HTTP module:
-    the agent makes this one request per start, and an HTTP library would cost start-up time and resident
-    memory for nothing."""
+def _target(url: str) -> tuple[str, int, str, dict[str, str]]:
+    """Host, port, path and headers of the POST to `url`."""
     parts = urlsplit(url)
     host = parts.hostname or "localhost"
     port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -442,8 +454,17 @@ async def _exchange(url: str, body: bytes, ctx: ssl.SSLContext | None) -> _http.
         "accept": "application/json",
         "content-type": "application/json",
     }
-    return await _http.request("POST", parts.path or "/", host=host, port=port, headers=headers, body=body,
-                               ssl=ctx)  # fmt: skip
+    return host, port, parts.path or "/", headers
+
+
+async def _exchange(url: str, body: bytes, ctx: ssl.SSLContext | None) -> _httpwire.Response:
+    """One POST on a fresh connection (HTTP/1.1, Connection: close), with the agent's small HTTP module:
+    the agent makes this one request per start, and an HTTP library would cost start-up time and resident
+    memory for nothing."""
+    from kuma_dp import _http
+
+    host, port, path, headers = _target(url)
+    return await _http.request("POST", path, host=host, port=port, headers=headers, body=body, ssl=ctx)
 
 
 def _our_version() -> str:
@@ -452,26 +473,58 @@ def _our_version() -> str:
     return __version__
 
 
-async def _attempt(
-    url: str, body: bytes, ctx: ssl.SSLContext | None, cfg: RunConfig, timeout: float
-) -> BootstrapResult:
-    try:
-        async with asyncio.timeout(timeout):
-            resp = await _exchange(url, body, ctx)
-    except _http.HttpError as exc:
-        if isinstance(exc, _http.BodyTooLarge):
+def _transport_failed(exc: BaseException, cfg: RunConfig) -> BootstrapError:
+    """The BootstrapError (retried) for an attempt that got no usable HTTP response."""
+    if isinstance(exc, _httpwire.HttpError):
+        if isinstance(exc, _httpwire.BodyTooLarge):
             _count_rejection("too_large")
         # The transport's own exception (TLS verification, refused, reset) words the message best.
         cause = exc.__cause__
-        described = cause if isinstance(cause, OSError | EOFError) else exc
-        raise BootstrapError(_describe_transport_error(described, cfg)) from None
-    except (OSError, TimeoutError, EOFError, ValueError, asyncio.LimitOverrunError) as exc:
-        raise BootstrapError(_describe_transport_error(exc, cfg)) from None
+        exc = cause if isinstance(cause, OSError | EOFError) else exc
+    return BootstrapError(_describe_transport_error(exc, cfg))
+
+
+def _checked(resp: _httpwire.Response) -> BootstrapResult:
     try:
         return parse_response(resp.status, resp.headers.get("content-type", ""), resp.body)
     except MalformedBootstrapError:
         _count_rejection("malformed")
         raise
+
+
+def _attempt_blocking(
+    url: str, body: bytes, ctx: ssl.SSLContext | None, cfg: RunConfig, timeout: float
+) -> BootstrapResult:
+    """`_attempt` without an event loop (kuma_dp._httpwire.blocking_request): the same request, parser,
+    limits, timeout and error texts."""
+    host, port, path, headers = _target(url)
+    try:
+        resp = _httpwire.blocking_request(
+            "POST", path, host=host, port=port, headers=headers, body=body, timeout=timeout, ssl=ctx
+        )
+    except (_httpwire.HttpError, OSError, EOFError, ValueError) as exc:
+        raise _transport_failed(exc, cfg) from None
+    return _checked(resp)
+
+
+async def _attempt(
+    url: str, body: bytes, ctx: ssl.SSLContext | None, cfg: RunConfig, timeout: float
+) -> BootstrapResult:
+    import asyncio
+
+    try:
+        async with asyncio.timeout(timeout):
+            resp = await _exchange(url, body, ctx)
+    except (
+        _httpwire.HttpError,
+        OSError,
+        TimeoutError,
+        EOFError,
+        ValueError,
+        asyncio.LimitOverrunError,
+    ) as exc:
+        raise _transport_failed(exc, cfg) from None
+    return _checked(resp)
 
 
 def _count_rejection(reason: str) -> None:
@@ -485,70 +538,132 @@ def _count_rejection(reason: str) -> None:
         metrics.body_too_large("control_plane")
 
 
-async def fetch_bootstrap(
-    cfg: RunConfig,
-    request: Mapping[str, Any],
-    *,
-    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-    clock: Callable[[], float] = time.monotonic,
-    request_timeout: float = REQUEST_TIMEOUT,
-    on_attempt: Callable[[bool, float], None] | None = None,
-) -> BootstrapResult:
-    """POST the request until it succeeds, a fatal error occurs, or the retry budget is spent.
-
-    Retry timing follows go-retry's constant backoff with max duration: after a failed attempt, stop when
-    the budget is spent, otherwise wait `min(backoff, remaining)` and try again. `on_attempt(ok, seconds)`
-    hears every attempt (the agent's kuma_dp_bootstrap_* metrics and CP reachability).
-    """
+def _prepare(
+    cfg: RunConfig, request: Mapping[str, Any], *, warn: bool = True
+) -> tuple[str, bytes, ssl.SSLContext | None]:
+    """URL, body and TLS context of the POST (FatalBootstrapError for a bad URL or CA); `warn`: say once
+    that TLS verification is off."""
     url = bootstrap_url(cfg.control_plane.url)
     body = request_body(request)
     ctx: ssl.SSLContext | None = None
     if url.startswith("https:"):
         ctx = ssl_context(cfg)
-        if cfg.control_plane.skip_verify:
+        if cfg.control_plane.skip_verify and warn:
             log.warning(
                 "TLS verification of the control plane is DISABLED (--skip-verify / "
                 "KUMA_CONTROL_PLANE_TLS_SKIP_VERIFY): anyone on the path can impersonate the control plane "
                 "and receive the dataplane token. Use --ca-cert-file instead."
             )
+    return url, body, ctx
+
+
+@dataclass
+class FirstAttempt:
+    """What `first_attempt_blocking` found: a result, or the retryable failure `fetch_bootstrap` goes on
+    from (`prior_failure`, `started`)."""
+
+    result: BootstrapResult | None
+    failure: BootstrapError | None
+    started: float
+
+
+def first_attempt_blocking(
+    cfg: RunConfig,
+    request: Mapping[str, Any],
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    request_timeout: float = REQUEST_TIMEOUT,
+    on_attempt: Callable[[bool, float], None] | None = None,
+) -> FirstAttempt:
+    """The first POST, blocking, before any event loop exists.
+
+    Most starts need only this one request, and without a loop `kuma-dp run` can spawn Envoy before it
+    imports asyncio at all (kuma_dp/launch.py). A retryable failure is returned for `fetch_bootstrap` to
+    continue from (its log line, backoff and budget then as if it had made this attempt itself); a fatal one
+    (other 4xx, a bad CA or URL) raises FatalBootstrapError as `fetch_bootstrap` would.
+    """
+    started = clock()
+    url, body, ctx = _prepare(cfg, request)
+    try:
+        result = _attempt_blocking(url, body, ctx, cfg, request_timeout)
+    except FatalBootstrapError:
+        if on_attempt:
+            on_attempt(False, clock() - started)
+        raise
+    except BootstrapError as exc:
+        if on_attempt:
+            on_attempt(False, clock() - started)
+        return FirstAttempt(None, exc, started)
+    if on_attempt:
+        on_attempt(True, clock() - started)
+    return FirstAttempt(result, None, started)
+
+
+async def fetch_bootstrap(
+    cfg: RunConfig,
+    request: Mapping[str, Any],
+    *,
+    sleep: Callable[[float], Awaitable[Any]] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    request_timeout: float = REQUEST_TIMEOUT,
+    on_attempt: Callable[[bool, float], None] | None = None,
+    prior_failure: BootstrapError | None = None,
+    started: float | None = None,
+) -> BootstrapResult:
+    """POST the request until it succeeds, a fatal error occurs, or the retry budget is spent.
+
+    Retry timing follows go-retry's constant backoff with max duration: after a failed attempt, stop when
+    the budget is spent, otherwise wait `min(backoff, remaining)` and try again. `on_attempt(ok, seconds)`
+    hears every attempt (the agent's kuma_dp_bootstrap_* metrics and CP reachability). `prior_failure`: the
+    first attempt was already made (`first_attempt_blocking`, at `started`) and failed with it; the loop
+    goes on from there.
+    """
+    import asyncio
+
+    sleep = sleep or asyncio.sleep
+    url, body, ctx = _prepare(cfg, request, warn=prior_failure is None)
     backoff = cfg.control_plane.retry.backoff
     budget = cfg.control_plane.retry.max_duration
-    start = clock()
+    start = clock() if started is None else started
     attempt = 0
+    failure = prior_failure
     while True:
         attempt += 1
-        began = clock()
-        try:
-            result = await _attempt(url, body, ctx, cfg, request_timeout)
-        except FatalBootstrapError:
-            if on_attempt:
-                on_attempt(False, clock() - began)
-            raise
-        except BootstrapError as exc:
-            if on_attempt:
-                on_attempt(False, clock() - began)
-            remaining = budget - (clock() - start)
-            if remaining <= 0:
+        if failure is None:
+            began = clock()
+            try:
+                result = await _attempt(url, body, ctx, cfg, request_timeout)
+            except FatalBootstrapError:
+                if on_attempt:
+                    on_attempt(False, clock() - began)
                 raise
-            if str(exc) == DP_NOT_FOUND:
-                log.info(
-                    "Dataplane entity is not yet found in the Control Plane. If you are running on "
-                    "Kubernetes, CP is most likely still in the process of converting Pod to Dataplane. "
-                    "If it takes too long, check kuma-cp logs. Retrying. backoff=%gs attempt=%d",
-                    backoff,
-                    attempt,
-                )
+            except BootstrapError as exc:
+                if on_attempt:
+                    on_attempt(False, clock() - began)
+                failure = exc
             else:
-                log.info(
-                    "could not fetch bootstrap configuration, make sure you are not trying to connect to "
-                    "global-cp. retrying (this could help only if you're connecting to zone-cp). "
-                    "backoff=%gs attempt=%d err=%s",
-                    backoff,
-                    attempt,
-                    exc,
-                )
-            await sleep(min(backoff, remaining))
-            continue
-        if on_attempt:
-            on_attempt(True, clock() - began)
-        return result
+                if on_attempt:
+                    on_attempt(True, clock() - began)
+                return result
+        exc, failure = failure, None
+        remaining = budget - (clock() - start)
+        if remaining <= 0:
+            raise exc
+        if str(exc) == DP_NOT_FOUND:
+            log.info(
+                "Dataplane entity is not yet found in the Control Plane. If you are running on "
+                "Kubernetes, CP is most likely still in the process of converting Pod to Dataplane. "
+                "If it takes too long, check kuma-cp logs. Retrying. backoff=%gs attempt=%d",
+                backoff,
+                attempt,
+            )
+        else:
+            log.info(
+                "could not fetch bootstrap configuration, make sure you are not trying to connect to "
+                "global-cp. retrying (this could help only if you're connecting to zone-cp). "
+                "backoff=%gs attempt=%d err=%s",
+                backoff,
+                attempt,
+                exc,
+            )
+        await sleep(min(backoff, remaining))

@@ -32,6 +32,8 @@ from kuma_dp.config import (
 from kuma_dp.goparse import go_path_error
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import click
 
 log = logging.getLogger(__name__)
@@ -216,78 +218,121 @@ class _FetchRecord:
             metrics.phase_done("bootstrap", since=self.began, until=self.ended)
 
 
-class _StartSignals:
-    """SIGINT/SIGTERM before the agent exists: remembered, and cancelling the bootstrap fetch if one runs.
+class _Interrupted(Exception):
+    """SIGINT/SIGTERM during the blocking first bootstrap request."""
 
-    Installed for the whole start-up before Envoy's spawn, replaced by the agent's own handlers after it.
-    A signal is never left to its default action here, which would kill us with the temp work dir left
-    behind; it stops the start-up instead (`stop_requested`), before Envoy is spawned.
+
+class _StartSignals:
+    """SIGINT/SIGTERM before the agent exists (no event loop yet): remembered, never left to their default
+    action, which would kill us with the temp work dir left behind.
+
+    While the blocking first bootstrap request runs (`interrupting`), a signal also aborts it, as a
+    cancelled fetch: "context canceled", exit 1. Once the bootstrap is in, a signal stops the start before
+    Envoy's spawn (exit 0), or, arriving after the spawn, reaches the agent (`Launched.signals`), which
+    drains and stops as for any signal. The retry loop's event loop takes the signals over while it runs
+    and hands them back (`install`) before it closes.
     """
 
     def __init__(self) -> None:
-        import asyncio
+        self.received: list[int] = []
+        self.interrupting = False
+        self.install()
+
+    def install(self, before: Callable[[], None] | None = None) -> None:
+        """Our handlers, with the two signals blocked meanwhile, so that one arriving during the switch (from
+        the event loop's handlers, `before`) is held and then delivered to ours, never to the default."""
         import signal
 
-        self.received: list[int] = []
-        self.cancel: Any = None
-        self._loop = asyncio.get_running_loop()
-        self._handled: list[int] = []
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._loop.add_signal_handler(sig, self._on_signal, sig)
-                self._handled.append(sig)
-            except (NotImplementedError, RuntimeError):
-                pass
+        sigs = {signal.SIGINT, signal.SIGTERM}
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+        try:
+            if before is not None:
+                before()
+            for sig in sigs:
+                signal.signal(sig, self._on_signal)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
-    def _on_signal(self, sig: int) -> None:
+    def _on_signal(self, sig: int, frame: object) -> None:
         self.received.append(sig)
-        if self.cancel is not None:
-            self.cancel()
-
-    async def stop_requested(self) -> bool:
-        """Whether a signal asked us to stop, counting one that arrived during the last synchronous step:
-        asyncio runs a signal's handler two loop turns after the signal (self-pipe, then the callback)."""
-        import asyncio
-
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
-        return bool(self.received)
+        if self.interrupting:
+            self.interrupting = False
+            raise _Interrupted
 
 
 async def _fetch_cancellable(
-    cfg: RunConfig, request: dict[str, Any], record: _FetchRecord, signals: _StartSignals
+    cfg: RunConfig, request: dict[str, Any], record: _FetchRecord, first: Any, signals: _StartSignals
 ) -> Any:
-    """fetch_bootstrap, cancelled by SIGINT/SIGTERM (the agent installs its own handlers afterwards)."""
+    """fetch_bootstrap going on from a failed first attempt, cancelled by SIGINT/SIGTERM."""
     import asyncio
-    import time
+    import signal
 
     from kuma_dp.bootstrap.client import fetch_bootstrap
 
-    task = asyncio.ensure_future(fetch_bootstrap(cfg, request, on_attempt=record.attempt))
-    # Remembered as well as cancelling: a signal that lands while the last step of the fetch runs (the task
-    # can no longer be cancelled) must still stop us before Envoy starts.
-    signals.cancel = task.cancel
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(
+        fetch_bootstrap(
+            cfg, request, on_attempt=record.attempt, prior_failure=first.failure, started=first.started
+        )
+    )
+    signalled: list[int] = []
+
+    def on_signal(sig: int) -> None:
+        # Remembered as well as cancelling: a signal that lands while the last step of the fetch runs
+        # (the task can no longer be cancelled) must still stop us before Envoy starts.
+        signalled.append(sig)
+        task.cancel()
+
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    for sig in sigs:
+        loop.add_signal_handler(sig, on_signal, sig)
+    for sig in signals.received:  # one that came while the event loop was being set up
+        on_signal(sig)
     try:
-        record.began = time.monotonic()
         result = await task
-        record.ended = time.monotonic()
-        if signals.received:
+        if signalled:
             raise asyncio.CancelledError
         return result
     except asyncio.CancelledError:
         raise RunError("Failed to fetch Envoy bootstrap config. context canceled") from None
     finally:
-        signals.cancel = None
+        signals.install(before=lambda: [loop.remove_signal_handler(sig) for sig in sigs])
 
 
-async def _run_async(cfg: RunConfig, request: dict[str, Any], work_dir: Path, envoy_binary: str) -> int:
+def _fetch(cfg: RunConfig, request: dict[str, Any], record: _FetchRecord, signals: _StartSignals) -> Any:
+    """The bootstrap from the control plane: one blocking attempt, and only if it fails retryably, the
+    retry loop on an event loop (kuma_dp.bootstrap.client)."""
+    import time
+
+    from kuma_dp.bootstrap.client import FETCH_FAILED_PREFIX, BootstrapError, first_attempt_blocking
+
+    record.began = time.monotonic()
+    try:
+        signals.interrupting = True
+        try:
+            first = first_attempt_blocking(cfg, request, on_attempt=record.attempt)
+        finally:
+            signals.interrupting = False
+        if signals.received:
+            raise _Interrupted
+        if first.result is not None:
+            result = first.result
+        else:
+            import asyncio
+
+            result = asyncio.run(_fetch_cancellable(cfg, request, record, first, signals))
+    except _Interrupted:
+        raise RunError(f"{FETCH_FAILED_PREFIX} context canceled") from None
+    except BootstrapError as exc:
+        raise RunError(f"{FETCH_FAILED_PREFIX} {exc}") from None
+    record.ended = time.monotonic()
+    return result
+
+
+def _start(cfg: RunConfig, request: dict[str, Any], work_dir: Path, envoy_binary: str) -> int:
+    """Bootstrap, Envoy's exec, then the agent on its event loop."""
     from kuma_dp import starttrace
-    from kuma_dp.bootstrap.client import (
-        FETCH_FAILED_PREFIX,
-        BootstrapError,
-        BootstrapResult,
-        write_bootstrap,
-    )
+    from kuma_dp.bootstrap.client import BootstrapResult, write_bootstrap
 
     signals = _StartSignals()
     record = _FetchRecord()
@@ -297,24 +342,30 @@ async def _run_async(cfg: RunConfig, request: dict[str, Any], work_dir: Path, en
     else:
         log.info("generating bootstrap configuration cp=%s", cfg.control_plane.url)
         starttrace.mark("bootstrap_sent")
-        try:
-            result = await _fetch_cancellable(cfg, request, record, signals)
-        except BootstrapError as exc:
-            raise RunError(f"{FETCH_FAILED_PREFIX} {exc}") from None
+        result = _fetch(cfg, request, record, signals)
         log.info("received bootstrap configuration")
     starttrace.mark("bootstrap_answered")
     path = write_bootstrap(work_dir, result)
     starttrace.mark("bootstrap_written")
-    if await signals.stop_requested():
+    if signals.received:
         log.info("received a signal before Envoy was started: stopping")
         return 0
     log.info("starting Kuma DP version=%s", request["version"]["kumaDp"].get("version", ""))
     launched = _launch(cfg, path, result, envoy_binary)
     if launched is None:
         return 1
-    record.replay()
+    launched.signals = signals.received  # one arriving before the agent's own handlers reaches it
+    import asyncio
+
+    return asyncio.run(_agent(cfg, path, result, envoy_binary, launched, record))
+
+
+async def _agent(
+    cfg: RunConfig, path: Path, result: Any, envoy_binary: str, launched: Any, record: _FetchRecord
+) -> int:
     from kuma_dp.agent import run_agent  # the other components are imported and started beside Envoy
 
+    record.replay()
     return await run_agent(
         cfg, path, envoy_binary=envoy_binary, sidecar_config=result.sidecar_config, launched=launched
     )
@@ -324,8 +375,7 @@ def _launch(cfg: RunConfig, path: Path, result: Any, envoy_binary: str) -> Any:
     """Envoy spawned now (kuma_dp.launch), or None after one error line (readiness port taken, no admin
     address, Envoy not executable): the same errors and exit code the agent gives when it spawns Envoy."""
     from kuma_dp.envoy import AdminError, EnvoyNotFoundError, load_bootstrap
-    from kuma_dp.launch import launch_envoy
-    from kuma_dp.readiness import ReadinessPortError
+    from kuma_dp.launch import ReadinessPortError, launch_envoy
 
     try:
         document = result.document if result.document is not None else load_bootstrap(path)
@@ -445,9 +495,7 @@ def _execute(cfg: RunConfig, probe: _EnvoyProbe) -> int:
         params.otel_env = discover(rt.otel_pipe_enabled).inventory
         request = build_request(params)
         starttrace.mark("config")  # settings, Dataplane, token, CA, Envoy's version: the request is built
-        import asyncio
-
-        return asyncio.run(_run_async(cfg, request, work_dir, envoy_binary))
+        return _start(cfg, request, work_dir, envoy_binary)
     finally:
         if is_temp:
             import shutil

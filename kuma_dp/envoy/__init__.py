@@ -31,7 +31,8 @@ if TYPE_CHECKING:  # what the names are, for type checkers; at run time each loa
         wheel_envoy,
     )
     from kuma_dp.envoy._command import EnvoyOptions, build_command
-    from kuma_dp.envoy._process import EnvoyComponent, EnvoyExitedError, needs_redaction, spawn_envoy
+    from kuma_dp.envoy._process import EnvoyComponent, EnvoyExitedError
+    from kuma_dp.envoy._spawn import needs_redaction, spawn_envoy
 
 __all__ = [
     "FULL_PARSE_MAX_BYTES",
@@ -90,7 +91,7 @@ _EXPORTS = {
     "build_command": "_command",
     "EnvoyComponent": "_process",
     "EnvoyExitedError": "_process",
-    "needs_redaction": "_process",
-    "spawn_envoy": "_process",
+    "needs_redaction": "_spawn",
+    "spawn_envoy": "_spawn",
 }
 __getattr__ = lazy_exports(__name__, _EXPORTS)

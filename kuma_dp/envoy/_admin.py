@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kuma_dp._http import HttpError, Response, parse_response, request
+# The wire types only: the asyncio client is imported by the first request, so `kuma-dp run` can read the
+# bootstrap's admin address before the event loop is loaded (kuma_dp/launch.py).
+from kuma_dp._httpwire import HttpError, Response, parse_response
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,8 @@ async def http_request(
     headers = {"User-Agent": "kuma-dp"}
     if host_header:
         headers["Host"] = host_header
+    from kuma_dp._http import request
+
     try:
         return await request(
             method,

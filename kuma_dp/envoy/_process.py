@@ -1,4 +1,4 @@
-"""Spawning and stopping Envoy so that it never outlives the agent.
+"""Supervising Envoy (spawned by kuma_dp.envoy._spawn) so that it never outlives the agent.
 
 Envoy gets its own process group (a terminal's Ctrl-C reaches only the agent, which drains first) and the
 Linux parent-death signal SIGKILL, so even `kill -9` of the agent takes Envoy with it. Stopping is SIGTERM to
@@ -10,8 +10,6 @@ an exit ends the agent.
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import logging
 import os
 import re
@@ -22,68 +20,15 @@ from collections.abc import Callable, Sequence
 from typing import BinaryIO, TextIO
 
 from kuma_dp.component import Component
+from kuma_dp.envoy._spawn import needs_redaction as needs_redaction
+from kuma_dp.envoy._spawn import spawn_envoy
 
 log = logging.getLogger(__name__)
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _pdeathsig_preexec() -> Callable[[], None] | None:
-    """A preexec_fn: arm PR_SET_PDEATHSIG, then exit if the parent already died (closing the race window).
-
-    libc is loaded here, in the parent: the child runs only the prctl call between fork and exec.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-    prctl = libc.prctl
-    parent = os.getpid()
-
-    def arm() -> None:
-        if prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
-            os._exit(126)
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return arm
-
 
 #: Envoy's output is forwarded in lines; a line longer than this is cut at a separator and forwarded in
 #: pieces (a token never contains one, so no piece holds part of a token that the next piece completes).
 _MAX_LINE = 256 * 1024
 _SEPARATORS = re.compile(rb"[\s\"',;]")
-
-
-def needs_redaction(log_level: str, component_log_level: str) -> bool:
-    """Whether Envoy's output must go through the agent's redaction.
-
-    At debug and trace Envoy dumps request headers (its gRPC client's `authorization` metadata, the
-    dataplane token, in the router's "decoding headers" lines) and parts of its configuration; at info and
-    above it logs neither. So only then is its output piped through `kuma_dp.logs.redact`, and otherwise it
-    writes to our stderr directly, at no cost."""
-    levels = [log_level, *(part.rpartition(":")[2] for part in component_log_level.split(",") if part)]
-    return any(level.strip().lower() in ("debug", "trace") for level in levels)
-
-
-def spawn_envoy(
-    argv: Sequence[str], *, env: dict[str, str] | None = None, redact_output: bool = False
-) -> subprocess.Popen[bytes]:
-    """Exec Envoy now, synchronously: its own process group, the parent-death signal armed, stdin closed, and
-    its output piped (for `EnvoyComponent`'s redaction) only when `redact_output`.
-
-    Synchronous so that `kuma-dp run` can start Envoy the moment its bootstrap is written, before the event
-    loop and the other components exist (kuma_dp.launch); `EnvoyComponent` adopts the process.
-    """
-    pipe = subprocess.PIPE if redact_output else None
-    return subprocess.Popen(
-        list(argv),
-        stdin=subprocess.DEVNULL,
-        stdout=pipe,
-        stderr=pipe,
-        env=env,
-        preexec_fn=_pdeathsig_preexec(),
-        process_group=0,
-    )
 
 
 async def _wait_exit(proc: subprocess.Popen[bytes]) -> int:
