@@ -115,3 +115,43 @@ def test_dns_port_taken_under_kuma_dp_run_exits_1_and_leaves_no_envoy(
     assert "starting Envoy" in out  # it was started beside the DNS server, then stopped
     left = [p for p in psutil.process_iter(["cmdline"]) if bootstrap in (p.info["cmdline"] or [])]
     assert left == []
+
+
+#: Loaded only after Envoy's exec: the event loop, the CLI library, the metrics library, the DNS server (its
+#: early responder, kuma_dns.early, may run before), TLS for a plain-HTTP control plane.
+LATE_MODULES = ("asyncio", "click", "prometheus_client", "kuma_dp.agent", "kuma_dns.server", "ssl", "grpc")
+
+_REPORT_AT_SPAWN = """
+import os, sys
+import kuma_dp.launch as launch
+def report(*args, **kwargs):
+    late = {late!r}
+    print("LOADED " + " ".join(sorted(m for m in late if m in sys.modules)), file=sys.stderr, flush=True)
+    os._exit(0)
+launch.launch_envoy = report
+sys.argv = ["kuma-dp", "run", *sys.argv[1:]]
+from kuma_dp.cli import main
+main()
+"""
+
+
+def test_nothing_heavy_is_imported_before_envoys_exec(envoy_binary: str, short_tmp: Path) -> None:
+    """The start-up's critical path (bench/startup.py) stays lean: when Envoy is exec'd, none of the
+    modules the rest of the agent needs has been imported yet."""
+    import os
+    import subprocess
+    import sys
+
+    token = make_token({"Name": "dp-1", "Mesh": "default", "Tags": {}})
+    with FakeCP([Reply.bootstrap(minimal_bootstrap_yaml(free_port()))]) as cp:
+        args = ["--cp-address", cp.url, "--name", "dp-1", "--mesh", "default", "--dataplane-token", token,
+                "--binary-path", envoy_binary, "--work-dir", str(short_tmp / "wd")]  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KUMA_")}
+        env["KUMA_READINESS_PORT"] = str(free_port())
+        code = _REPORT_AT_SPAWN.format(late=LATE_MODULES)
+        proc = subprocess.run(
+            [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=60
+        )
+    line = next((ln for ln in proc.stderr.splitlines() if ln.startswith("LOADED")), None)
+    assert line is not None, proc.stderr[-2000:]
+    assert line == "LOADED ", line
