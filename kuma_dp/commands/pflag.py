@@ -16,10 +16,12 @@ the same flags after it override.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
+#: `typing` costs ~10 ms to import and nothing on the start-up path needs it at run time; type checkers
+#: read any constant named TYPE_CHECKING as true.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from typing import Any
 
     from kuma_dp.config import Setting
 
