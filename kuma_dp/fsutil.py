@@ -20,8 +20,15 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-def atomic_write(path: str | os.PathLike[str], data: bytes | str, mode: int = 0o600) -> Path:
-    """Replace `path` with `data` atomically; the file has `mode` from its first byte (no chmod race)."""
+def atomic_write(
+    path: str | os.PathLike[str], data: bytes | str, mode: int = 0o600, *, durable: bool = True
+) -> Path:
+    """Replace `path` with `data` atomically; the file has `mode` from its first byte (no chmod race).
+
+    `durable=False` skips the fsync: for a file rewritten on every start (the bootstrap), where a crash
+    loses nothing worth keeping and the sync would only add its latency to the start-up's critical path;
+    readers still see the old file or the whole new one, never a part.
+    """
     target = Path(path)
     payload = data.encode() if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -30,7 +37,8 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str, mode: int = 0o
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, target)
     except BaseException:
         try:

@@ -380,9 +380,10 @@ def parse_response(status: int, content_type: str, body: bytes) -> BootstrapResu
 
 
 def write_bootstrap(work_dir: str | os.PathLike[str], result: BootstrapResult | bytes) -> Path:
-    """`<work_dir>/bootstrap.yaml`, 0600, atomically (Envoy or an operator never sees half a file)."""
+    """`<work_dir>/bootstrap.yaml`, 0600, atomically (Envoy or an operator never sees half a file); not
+    synced to disk, as Kuma's `os.WriteFile` does not: it is fetched anew on every start."""
     data = result.bootstrap_yaml if isinstance(result, BootstrapResult) else result
-    return atomic_write(Path(work_dir) / "bootstrap.yaml", data, mode=0o600)
+    return atomic_write(Path(work_dir) / "bootstrap.yaml", data, mode=0o600, durable=False)
 
 
 # ------------------------------------------------------------------------------------------ transport
