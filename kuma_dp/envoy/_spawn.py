@@ -11,7 +11,6 @@ parent-death signal SIGKILL, so even `kill -9` of the agent takes Envoy with it 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import signal
 import subprocess
@@ -28,7 +27,9 @@ def _pdeathsig_preexec() -> Callable[[], None] | None:
     """
     if not sys.platform.startswith("linux"):
         return None
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    # dlopen(NULL): the interpreter's own symbols, libc's prctl among them; find_library("c") would run
+    # ldconfig in a subprocess, milliseconds on the start-up's critical path.
+    libc = ctypes.CDLL(None, use_errno=True)
     prctl = libc.prctl
     parent = os.getpid()
 
