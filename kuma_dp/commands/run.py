@@ -363,9 +363,13 @@ def _start(cfg: RunConfig, request: dict[str, Any], work_dir: Path, envoy_binary
 async def _agent(
     cfg: RunConfig, path: Path, result: Any, envoy_binary: str, launched: Any, record: _FetchRecord
 ) -> int:
-    from kuma_dp.agent import run_agent  # the other components are imported and started beside Envoy
+    try:
+        from kuma_dp.agent import run_agent  # the other components are imported and started beside Envoy
 
-    record.replay()
+        record.replay()
+    except BaseException:
+        launched.abort()
+        raise
     return await run_agent(
         cfg, path, envoy_binary=envoy_binary, sidecar_config=result.sidecar_config, launched=launched
     )
