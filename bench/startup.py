@@ -16,8 +16,9 @@ round by round). Child processes run from compiled byte code, as an installed ag
            bootstrap: its stats tags, ADS to the dev CP): time from exec to LIVE. What Envoy itself costs with
            Kuma's configuration, so `run - cpboot` is the agent's own share (Go kuma-dp's: process start and
            one bootstrap round trip);
-* warm     `kuma-dp run` as `run`, but its work dir holds the DNS table an earlier run persisted (a restart
-           with a kept work dir): /ready (the DNS gate opens from that table) and the DNS server's first
+* warm     `kuma-dp run` as `run`, but its work dir holds what an earlier run persisted (a restart with a
+           kept work dir): the DNS table, the early responder's snapshot and listen plan (kuma_dns/early.py)
+           and so the same DNS port: /ready (the DNS gate opens from that table) and the DNS server's first
            answer for a name from it, asked every few ms from exec on;
 * harness  the agent alone (kuma_dp_dev/harness/static_agent.py: `run_agent` on the static bootstrap, no
            control plane, no DNS proxy): time from exec to its `/ready` = 200.
@@ -53,6 +54,7 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from kuma_dns import early  # noqa: E402
 from kuma_dp.envoy import EnvoyOptions, build_command, find_envoy  # noqa: E402
 from kuma_dp_dev.harness.poll import wait_until  # noqa: E402
 from kuma_dp_dev.harness.ports import free_port  # noqa: E402
@@ -217,6 +219,15 @@ def kuma_dp_run(
         (work / "wd").mkdir(mode=0o700)
         shutil.copy(dns_table, work / "wd" / dns_table.name)
         mesh_name = json.loads(dns_table.read_text())["payload"]["records"][0]["name"]
+        # What else that run left for the early DNS responder (kuma_dns/early.py): the hot snapshot and the
+        # listen plan, whose port a restart keeps (the responder binds the plan's sockets before the config).
+        plan = dns_table.with_name(early.PLAN_NAME)
+        for extra in (dns_table.with_name(early.HOT_NAME), plan):
+            if extra.exists():
+                shutil.copy(extra, work / "wd" / extra.name)
+        if plan.exists():
+            dns_port = early.decode_plan(plan.read_bytes())[1]
+            env["KUMA_DNS_PROXY_PORT"] = str(dns_port)
     env.pop("KUMA_DNS_ENABLED", None)  # the default (on) is what users run
     argv = [sys.executable, "-m", "kuma_dp", "run", "--cp-address", cp_url]
     argv += ["--dataplane", json.dumps(dataplane(name)), "--binary-path", envoy]

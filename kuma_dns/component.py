@@ -5,6 +5,10 @@ listeners, set `ready`; `has_records` is set by the first table from any source 
 reporter's DNS gate: `/ready` says NOT_READY until then, at most 15 s, as in Kuma's
 `app/kuma-dp/pkg/dataplane/readiness/component.go`). New tables arrive through `update()` (the dynconf `/dns`
 handler or an in-process push) or a watched records file.
+
+Under `kuma-dp run` an early responder (kuma_dns/early.py) may already be answering from the last run's hot
+snapshot: the server adopts its sockets and the queries it kept when it binds, so the port never goes
+unanswered; once bound, the component records where it listens (the listen plan) for the next start.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from prometheus_client.registry import REGISTRY, CollectorRegistry
 
 from kuma_dp.component import Component
 
+from . import early
 from .metrics import DNSMetrics
 from .server import MAX_PENDING, MAX_TCP_CLIENTS, MAX_TCP_PER_SOURCE, DNSServer
 from .table import MeshTable, Payload, PayloadError, TableStore, dispose, read_table_file
@@ -187,6 +192,13 @@ class DNSComponent(Component):
             if self.store.current.loaded:
                 self.metrics.config_loaded(self.store.current.extra_labels)
             forwarder = Forwarder([], self.metrics, timeout=self._timeout, parallel=self._parallel)
+            early_responder = early.take() if self.records_file is None else None
+            if early.refused is not None:
+                log.warning(
+                    "dns: no early responder: the snapshot in %s (remove it; rewritten on the next table)",
+                    early.refused,
+                )
+                early.refused = None
             self.server = DNSServer(
                 self.store,
                 forwarder,
@@ -197,23 +209,50 @@ class DNSComponent(Component):
                 max_tcp_connections=self._max_tcp[0],
                 max_tcp_per_source=self._max_tcp[1],
                 max_pending=self._max_pending,
+                early=early_responder,
             )
+            del early_responder
+            if self._port:
+                # Known before binding: the queries the early responder kept, answered as the server starts,
+                # and those queued in the sockets it hands over, are forwarded, not SERVFAILed.
+                forwarder.upstreams = self._upstreams_without_self(self._port)
             await self.server.start()
-            forwarder.upstreams = self._upstreams_without_self(self.server.port)
+            if not self._port:
+                forwarder.upstreams = self._upstreams_without_self(self.server.port)
             await forwarder.open_fallback()  # the families of the upstreams just set (IPv6 ones too)
             if not forwarder.upstreams:
                 log.warning("dns: no upstream nameservers: names outside the mesh get SERVFAIL")
             self.ready.set()
             if self.store.current.loaded:
                 self.has_records.set()
+            await asyncio.to_thread(self._write_plan, self.server)
             await self._housekeeping()
         finally:
+            early.discard()  # a start that failed before the handover: the early responder stops with it
             if self.server is not None:
                 await self.server.close()
             if self._registry is not None:
                 with contextlib.suppress(KeyError):
                     self._registry.unregister(self.metrics)  # type: ignore[arg-type]
                 self._registry = None
+
+    def _write_plan(self, server: DNSServer) -> None:
+        """Record where we listen (and the hot snapshot, if the table came from an older agent without one)
+        for the next start's early responder (kuma_dns/early.py). Written here, once bound, and never by the
+        table's persistence: the two files cannot race."""
+        workdir = self.store.workdir
+        if workdir is None or self.records_file is not None:
+            return
+        try:
+            early.write_files(workdir, early.PLAN_NAME, early.encode_plan(server.addresses, server.port))
+        except (OSError, UnicodeError) as exc:
+            log.warning(
+                "dns: cannot write %s in %s: %s (answers are unaffected)", early.PLAN_NAME, workdir, exc
+            )
+            return
+        table = self.store.current
+        if table.loaded and not os.path.lexists(workdir / early.HOT_NAME):
+            self.store.persist_hot(table, self.store.confirmed_at or self.store.clock())
 
     async def _housekeeping(self) -> None:
         """Stale-table warnings, and the records-file watch of `kuma-dp dns --records`."""
@@ -268,6 +307,7 @@ def from_agent(ctx: AgentContext) -> DNSComponent | None:
     """
     cfg = ctx.cfg
     if not cfg.dns.enabled or cfg.dns.proxy_port == 0:
+        early.discard()  # started on a guess the configuration says is wrong: nobody takes it over
         return None
     rt = cfg.dataplane_runtime
     tproxy = bool(rt.transparent_proxy or rt.transparent_proxy_config)

@@ -19,12 +19,17 @@ import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from . import _mmsg
 from . import _wire as w
+from .early import socket_key
 from .metrics import RCODE_NAMES, DNSMetrics
 from .table import MESH_SUFFIX, Answer, MeshTable, TableStore, build_answer
 from .upstream import FD_EXHAUSTED, FLAG_BYTES, Forwarder
+
+if TYPE_CHECKING:
+    from .early import EarlyResponder
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +76,11 @@ class DNSServer:
         max_tcp_connections: int = MAX_TCP_CLIENTS,
         max_tcp_per_source: int = MAX_TCP_PER_SOURCE,
         max_pending: int = MAX_PENDING,
+        early: EarlyResponder | None = None,
     ) -> None:
         self.store = store
+        #: The early responder to take over in `start()` (kuma_dns/early.py): its sockets and stash.
+        self._early = early
         self.max_tcp_connections = max(1, max_tcp_connections)
         self.max_tcp_per_source = max(1, max_tcp_per_source)
         self.max_pending = max(1, max_pending)
@@ -320,52 +328,70 @@ class DNSServer:
         With port 0 the kernel picks a UDP port whose TCP twin (or another address's) may be taken by
         someone else: then everything is released and another port tried.
         """
+        early, self._early = self._early, None
+        if early is not None:
+            early.stop()  # from here its datagrams wait in the socket buffers for our readers
+            early.keep_only(self.addresses, self.port)  # port 0 matches none of them
         attempts = 20 if self.port == 0 else 1
-        for attempt in range(attempts):
-            try:
-                await self._bind_all(self.port)
-                break
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE and attempt + 1 < attempts:
-                    continue
-                raise
+        try:
+            for attempt in range(attempts):
+                try:
+                    await self._bind_all(self.port, early)
+                    break
+                except OSError as exc:
+                    if exc.errno == errno.EADDRINUSE and attempt + 1 < attempts:
+                        continue
+                    raise
+            if early is not None:
+                self._take_over(early)
+        finally:
+            if early is not None:
+                early.close()  # the sockets our plan does not have (or all of them, if binding failed)
         log.info(
             "dns server listening addresses=%s port=%d transports=udp,tcp",
             ",".join(self.addresses),
             self.port,
         )
 
-    async def _bind_all(self, port: int) -> None:
+    async def _bind_all(self, port: int, early: EarlyResponder | None = None) -> None:
+        """Bind (or adopt from `early`: kuma_dns/early.py binds with these same options) UDP and TCP on
+        every address."""
         loop = asyncio.get_running_loop()
         host = self.addresses[0] if self.addresses else "?"
         try:
             for host in self.addresses:
                 family = socket.AF_INET6 if ":" in host else socket.AF_INET
-                usock = socket.socket(family, socket.SOCK_DGRAM)
-                try:
-                    if family == socket.AF_INET6:
-                        usock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                    with contextlib.suppress(OSError):
-                        usock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-                    usock.bind((host, port))
-                except OSError:
-                    usock.close()
-                    raise
+                adopted = early.adopt(host, port, tcp=False) if early is not None and port else None
+                if adopted is not None:
+                    usock = adopted
+                else:
+                    usock = socket.socket(family, socket.SOCK_DGRAM)
+                    try:
+                        if family == socket.AF_INET6:
+                            usock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                        with contextlib.suppress(OSError):
+                            usock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+                        usock.bind((host, port))
+                    except OSError:
+                        usock.close()
+                        raise
                 port = usock.getsockname()[1]
                 usock.setblocking(False)
                 reader = _UDPReader(self, usock)
                 loop.add_reader(usock.fileno(), reader.on_readable)
                 self._udp.append(reader)
-                tsock = socket.socket(family, socket.SOCK_STREAM)
-                try:
-                    tsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    if family == socket.AF_INET6:
-                        tsock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                    tsock.bind((host, port))
-                except OSError:
-                    tsock.close()
-                    raise
-                tsock.listen(256)
+                tsock = early.adopt(host, port, tcp=True) if early is not None else None
+                if tsock is None:
+                    tsock = socket.socket(family, socket.SOCK_STREAM)
+                    try:
+                        tsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                        if family == socket.AF_INET6:
+                            tsock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                        tsock.bind((host, port))
+                    except OSError:
+                        tsock.close()
+                        raise
+                    tsock.listen(256)
                 tsock.setblocking(False)
                 self._tcp_listeners.append(_TCPListener(self, tsock, f"{host}:{port}"))
                 self.bound.append((host, port))
@@ -382,6 +408,41 @@ class DNSServer:
         self._reserve.refill()
         if self.forwarder is not None:
             await self.forwarder.open_fallback()
+
+    def _take_over(self, early: EarlyResponder) -> None:
+        """After binding: count the early answers as ours, and answer its stash as if just received.
+
+        A stashed query that came on an address we do not listen on (the plan changed) is dropped, as its
+        socket is closed: its client retries against the new one. Stash overflow counts as dropped queries.
+        """
+        m = self.metrics
+        for kind, n in enumerate(early.answered):
+            m.queries[kind][0] += n
+        m.rcodes["noerror"] += early.total_answered
+        m.rcodes["servfail"] += early.expired  # kept past STASH_WAIT while the start took long
+        readers = {socket_key(host, port): r for (host, port), r in zip(self.bound, self._udp, strict=True)}
+        lost = early.dropped
+        now = self._clock()
+        for data, addr, key in early.stash:
+            reader = readers.get(key)  # ours, on the address and port it was sent to
+            if reader is None:
+                lost += 1
+                continue
+            resp = reader.hot(data, now)
+            if resp is None:
+                reader.other(data, addr)
+                continue
+            with contextlib.suppress(OSError):
+                reader.sock.sendto(resp, addr)
+        m.pending_dropped += lost
+        log.info(
+            "dns: took over from the early responder answered=%d handed_over=%d servfail=%d dropped=%d",
+            early.total_answered,
+            len(early.stash),
+            early.expired,
+            lost,
+        )
+        early.stash.clear()
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()

@@ -23,7 +23,6 @@ work dir another user could otherwise plant answers, or a far-future `fetchedAt`
 from __future__ import annotations
 
 import contextlib
-import errno
 import gc
 import hashlib
 import ipaddress
@@ -34,7 +33,6 @@ import math
 import os
 import re
 import socket
-import stat
 import struct
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -46,6 +44,8 @@ from typing import Any
 from kuma_dp.fsutil import atomic_write
 
 from . import _wire as w
+from . import early
+from ._files import FileRefused, read_checked
 
 log = logging.getLogger(__name__)
 
@@ -470,48 +470,12 @@ def read_table_file(path: Path, private: bool) -> bytes:
     """The bytes of a records file (`private=False`: symlinks followed, any owner) or of a persisted table
     (`private=True`: not a symlink, owned by this uid, not group/world-writable). Either way a regular file
     of at most MAX_TABLE_BYTES: opened non-blocking, so a FIFO or a device is refused instead of blocking.
-    Raises PayloadError naming what is wrong, or OSError."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_NOFOLLOW if private else 0)
+    Raises PayloadError naming what is wrong, or OSError. The checks are kuma_dns/_files.py's, which the
+    early responder's hot snapshot shares."""
     try:
-        fd = os.open(path, flags)
-    except OSError as exc:
-        if private and exc.errno == errno.ELOOP:
-            raise PayloadError("it is a symbolic link, not a file this agent wrote") from None
-        raise
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            kind = (
-                "a FIFO"
-                if stat.S_ISFIFO(st.st_mode)
-                else "a directory"
-                if stat.S_ISDIR(st.st_mode)
-                else ("a device or socket")
-            )
-            raise PayloadError(f"it is {kind}, not a regular file")
-        if private:
-            if st.st_uid != os.geteuid():
-                raise PayloadError(
-                    f"it is owned by uid {st.st_uid}, not this agent's uid {os.geteuid()} "
-                    "(another user's file)"
-                )
-            if st.st_mode & 0o022:
-                raise PayloadError(f"it is writable by group or others (mode {stat.S_IMODE(st.st_mode):o})")
-        if st.st_size > MAX_TABLE_BYTES:
-            raise PayloadError(f"it has {st.st_size} bytes, more than the {MAX_TABLE_BYTES}-byte limit")
-        chunks = []
-        total = 0
-        while True:
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                break
-            total += len(chunk)
-            if total > MAX_TABLE_BYTES:
-                raise PayloadError(f"it has more than the {MAX_TABLE_BYTES}-byte limit")
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
+        return read_checked(path, private, MAX_TABLE_BYTES)
+    except FileRefused as exc:
+        raise PayloadError(str(exc)) from None
 
 
 @dataclass
@@ -672,7 +636,9 @@ class TableStore:
         for fn in list(self.listeners):
             fn(table)
 
-    def persist(self, payload: Payload, etag: str | None, now: float) -> None:
+    def persist(self, payload: Payload, etag: str | None, now: float, table: MeshTable | None = None) -> None:
+        """Write the payload (the last-known-good table), then the hot snapshot of `table` (the current one
+        by default) for the next start's early responder (kuma_dns/early.py), both temp + rename, 0600."""
         path = self.persist_path
         if path is None:
             return
@@ -682,3 +648,16 @@ class TableStore:
             atomic_write(path, dumps_chunked(doc))
         except OSError as exc:
             log.warning("dns: cannot persist table to %s: %s (answers are unaffected)", path, exc)
+            return
+        self.persist_hot(self.current if table is None else table, now)
+
+    def persist_hot(self, table: MeshTable, fetched_at: float) -> None:
+        """The hot snapshot alone: `table`'s wire answers as `DNSServer._hot` serves them, and their fetch
+        time (an early responder refuses a future one, as `read_persisted` does)."""
+        if self.workdir is None or not table.loaded:
+            return
+        path = self.workdir / early.HOT_NAME
+        try:
+            atomic_write(path, early.encode_snapshot(table.answers, fetched_at, w.OPT_DO))
+        except OSError as exc:
+            log.warning("dns: cannot write the hot snapshot %s: %s (answers are unaffected)", path, exc)
