@@ -94,6 +94,8 @@ _render_lock = threading.Lock()
 
 def render_template(template: str, variables: Mapping[str, str]) -> str:
     """Mustache with Kuma's semantics: `{{x}}` escaped, `{{{x}}}` raw, dotted names nested, unknown -> ""."""
+    if "{{" not in template:
+        return template  # no tag (and so no delimiter change): mustache gives the text back as it is
     import chevron.renderer
 
     # chevron has no escape hook; swap its module-level escaper for Go's while we render (one-shot, locked).
