@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kuma_dp.dataplane import (
     DataplaneError,
@@ -16,6 +18,7 @@ from kuma_dp.dataplane import (
     parse_resource,
     parse_vars,
     render_template,
+    template_context,
 )
 
 pytestmark = pytest.mark.unit
@@ -189,3 +192,13 @@ def test_timestamps_stay_strings_and_labels_are_kept() -> None:
     assert doc["creationTime"] == "0001-01-01T00:00:00Z"
     assert doc["labels"] == {"team": "a"}
     assert doc["networking"]["inbound"][0]["tags"]["since"] == "2020-01-01"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text().filter(lambda t: "{{" not in t))
+def test_a_template_without_tags_is_its_own_rendering(text: str) -> None:
+    """The shortcut for tag-free templates (no template engine loaded) gives what the engine would."""
+    import chevron
+
+    assert render_template(text, {"x": "1"}) == text
+    assert chevron.render(text, template_context({"x": "1"})) == text
