@@ -299,6 +299,35 @@ async def _fetch_cancellable(
         signals.install(before=lambda: [loop.remove_signal_handler(sig) for sig in sigs])
 
 
+#: What the path from the bootstrap answer to Envoy's exec imports: the YAML parser (the bootstrap is
+#: checked before it is written; nothing else has loaded it when no Dataplane template was given, as on
+#: Kubernetes) and the launch modules.
+_AFTER_THE_ANSWER = (
+    "yaml",
+    "kuma_dp.envoy._admin",
+    "kuma_dp.launch",
+    "kuma_dp.envoy._spawn",
+    "kuma_dp.paths",
+)
+
+
+def _prefetch(modules: tuple[str, ...]) -> None:
+    """Import `modules` in a daemon thread while the main thread waits for the control plane's answer (the
+    blocking socket read releases the GIL): the round trip is idle time on the start-up's critical path.
+    The main thread's own import of any of them waits for this one (import locks), never repeats it."""
+    import importlib
+    import threading
+
+    def run() -> None:
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:
+                return  # the main thread's own import reports it
+
+    threading.Thread(target=run, name="kuma-dp-prefetch", daemon=True).start()
+
+
 def _fetch(cfg: RunConfig, request: dict[str, Any], record: _FetchRecord, signals: _StartSignals) -> Any:
     """The bootstrap from the control plane: one blocking attempt, and only if it fails retryably, the
     retry loop on an event loop (kuma_dp.bootstrap.client)."""
@@ -307,6 +336,7 @@ def _fetch(cfg: RunConfig, request: dict[str, Any], record: _FetchRecord, signal
     from kuma_dp.bootstrap.client import FETCH_FAILED_PREFIX, BootstrapError, first_attempt_blocking
 
     record.began = time.monotonic()
+    _prefetch(_AFTER_THE_ANSWER)
     try:
         signals.interrupting = True
         try:
