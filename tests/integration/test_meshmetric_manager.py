@@ -104,6 +104,10 @@ def test_policy_applied_live_to_the_page_and_the_otlp_pushes(
             await wait_until_async(
                 lambda: collector.metrics_named("orders_total") or None, 15, "orders_total at the collector"
             )
+            # The collector has the data before the export call returns to the manager, which then counts
+            # it: wait for the count too, or removing the backend below may cancel the push in between.
+            pushes = metrics.meshmetric_pushes.labels(backend="otel-1", result="success")
+            await wait_until_async(lambda: pushes._value.get() >= 1 or None, 15, "a push counted")
             # The backend goes away: pushes stop (nothing new arrives after a few intervals).
             manager.on_change(config(app_port, [{"type": "Prometheus"}]))
             await asyncio.sleep(0)
