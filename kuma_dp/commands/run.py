@@ -2,8 +2,13 @@
 
 The order and the error texts follow Kuma's `app/kuma-dp/cmd/run.go`: validate the configuration, render
 the Dataplane template, prepare the work dir, store and check the token, read the CA, ask Envoy for its
-version, fetch the bootstrap (retrying within the budget), write `<workdir>/bootstrap.yaml` and hand over to
-`kuma_dp.agent.run_agent`. Every failure is one line on stderr and exit status 1.
+version, fetch the bootstrap (retrying within the budget), write `<workdir>/bootstrap.yaml`, exec Envoy
+(`kuma_dp.launch`) and hand over to `kuma_dp.agent.run_agent`, which adopts it and starts the rest beside it.
+Every failure is one line on stderr and exit status 1.
+
+Start-up cost is what a user feels on every rollout (bench/startup.py), so nothing before Envoy's exec loads
+click (kuma_dp/cli.py reads a well-formed command line itself), asyncio (the first bootstrap request is
+blocking; only retries run on an event loop) or the agent's components.
 
 Flags mirror Go's pflag: booleans accept `--flag`, `--flag=true|false`; durations are Go durations
 (`30s`, `5m`). A set `KUMA_*` variable overrides the same flag (Kuma's precedence). Flags, variables and
