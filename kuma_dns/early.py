@@ -243,10 +243,12 @@ def guess_plan(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[str, in
     """(work dir, DNS port, KUMA_DNS_PROXY_ADDRESS list or None) as `kuma-dp run` will most likely resolve
     them, read from the settings table's flags and variables (kuma_dp/config/_model.py); None when the
     embedded DNS proxy will not run on its own port or the work dir is a fresh temporary one."""
-    try:
-        args = list(argv[list(argv).index("run") + 1 :])
-    except ValueError:
+    from kuma_dp.commands.pflag import run_command_at  # light: no configuration, no typing
+
+    at = run_command_at(list(argv))
+    if at is None:
         return None
+    args = list(argv[at + 1 :])
     enabled = _setting(args, environ, "--dns-enabled", "KUMA_DNS_ENABLED", False, is_bool=True)
     if enabled is not None and _go_bool(enabled) is not True:
         return None

@@ -31,10 +31,10 @@ __getattr__ = lazy_exports("kuma_dp.commands", {name: "root" for name in __all__
 
 def main() -> None:
     starttrace.mark("interpreter")  # the console script's first line: the start-up timeline's origin
-    from kuma_dp.commands.pflag import guess_binary_path, parse_run_args
+    from kuma_dp.commands.pflag import guess_binary_path, parse_run_args, run_command_at
 
     args = sys.argv[1:]
-    if "run" in args and "--help" not in args and "-h" not in args:
+    if run_command_at(args) is not None and "--help" not in args and "-h" not in args:
         from kuma_dns.early import start_early
 
         start_early(args, os.environ)  # mesh names answered from the last table while we start (issue 16)

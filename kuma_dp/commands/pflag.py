@@ -25,11 +25,27 @@ if TYPE_CHECKING:
 
     from kuma_dp.config import Setting
 
-__all__ = ["guess_binary_path", "parse_run_args"]
+__all__ = ["guess_binary_path", "parse_run_args", "run_command_at"]
 
 #: Envoy's path: `--binary-path` / KUMA_DATAPLANE_RUNTIME_BINARY_PATH (kuma_dp.config), default `envoy`.
 _BINARY_FLAG = "--binary-path"
 _BINARY_ENV = "KUMA_DATAPLANE_RUNTIME_BINARY_PATH"
+
+
+def run_command_at(argv: list[str]) -> int | None:
+    """The index of the `run` sub-command in `kuma-dp [root flags] run ...`, or None when the sub-command is
+    another one (`kuma-dp dns --port run` is not a run). The root flags (the `log.*` settings) all take a
+    value, so a word right after a `--flag` without `=` is that flag's value, never the sub-command."""
+    value_next = False
+    for i, arg in enumerate(argv):
+        if value_next:
+            value_next = False
+            continue
+        if arg.startswith("-"):
+            value_next = arg.startswith("--") and "=" not in arg
+            continue
+        return i if arg == "run" else None
+    return None
 
 
 def guess_binary_path(argv: list[str], environ: Mapping[str, str]) -> str:
@@ -116,9 +132,8 @@ def _read(args: list[str], flags: dict[str, Setting], kw: dict[str, Any]) -> boo
 
 def parse_run_args(argv: list[str]) -> dict[str, Any] | None:
     """`kuma-dp [root log flags] run [flags]` -> the run callback's keyword arguments, or None (see above)."""
-    try:
-        at = argv.index("run")
-    except ValueError:
+    at = run_command_at(argv)
+    if at is None:
         return None
     from kuma_dp.config import SETTINGS
 

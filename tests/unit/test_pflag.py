@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kuma_dp.commands import run as run_module
-from kuma_dp.commands.pflag import guess_binary_path, parse_run_args
+from kuma_dp.commands.pflag import guess_binary_path, parse_run_args, run_command_at
 from kuma_dp.commands.root import cli
 from kuma_dp.config import SETTINGS, Setting
 
@@ -199,3 +199,29 @@ def test_early_probe_is_claimed_for_its_binary_and_discarded_for_another(tmp_pat
     assert probe is not wrong and wrong._proc.returncode is not None  # killed and reaped
     assert probe.result().version == "1.38.3"
     assert _binary._early is None
+
+
+@pytest.mark.parametrize(
+    ("args", "at"),
+    [
+        (["run"], 0),
+        (["--log-level", "debug", "run", "--name", "x"], 2),
+        (["--log-level=debug", "run"], 1),
+        (["dns", "--port", "run"], None),  # a value that reads "run" under another sub-command
+        (["--log-output-path", "run", "version"], None),  # "run" as a root flag's value
+        (["version"], None),
+        ([], None),
+    ],
+)
+def test_the_run_sub_command_is_found_where_cobra_finds_it(args: list[str], at: int | None) -> None:
+    """Only a real `run` starts the early `envoy --version` and DNS responder (kuma_dp/cli.py)."""
+    assert run_command_at(args) == at
+    if at is None:
+        assert parse_run_args(args) is None
+
+
+def test_every_root_flag_takes_a_value() -> None:
+    """run_command_at relies on it: a word after a root `--flag` without `=` is its value."""
+    from kuma_dp.commands.root import ROOT_LOG_SETTINGS
+
+    assert ROOT_LOG_SETTINGS and all(s.kind != "bool" for s in ROOT_LOG_SETTINGS)
