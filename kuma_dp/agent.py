@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 from kuma_dp import starttrace
 from kuma_dp.component import Component, ComponentManager, with_restarts
 from kuma_dp.envoy import AdminClient, EnvoyComponent, load_bootstrap
-from kuma_dp.launch import EnvoyPlan, Launched, plan_envoy
+from kuma_dp.launch import Launched, plan_envoy
 from kuma_dp.readiness import ReadinessPortError, ReadinessReporter, ReadinessState
 
 if TYPE_CHECKING:
@@ -292,7 +292,7 @@ def _build(
     rt = cfg.dataplane_runtime
     sidecar = sidecar_config or {}
     if launched is not None:
-        plan = EnvoyPlan(launched.admin, launched.readiness_socket, launched.argv, launched.redact_output)
+        plan = launched.plan
     else:
         plan = plan_envoy(
             cfg, bootstrap, load_bootstrap(bootstrap), envoy_binary=envoy_binary, sidecar_config=sidecar

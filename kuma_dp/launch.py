@@ -85,14 +85,22 @@ def bind_readiness_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-@dataclass
-class Launched:
-    """What `launch_envoy` made, for the agent to adopt."""
+@dataclass(frozen=True)
+class EnvoyPlan:
+    """Envoy's command line and the agent's sockets around it, decided from the configuration and the
+    bootstrap; `kuma_dp.agent` builds the same plan when it spawns Envoy itself."""
 
     admin: AdminAddress
     readiness_socket: socket.socket
     argv: list[str]
     redact_output: bool
+
+
+@dataclass
+class Launched:
+    """What `launch_envoy` made, for the agent to adopt: the plan it carried out and the running Envoy."""
+
+    plan: EnvoyPlan
     envoy: subprocess.Popen[bytes]
     #: time.monotonic() right after the exec: the start-up phases count Envoy's LIVE from here.
     spawned_at: float
@@ -119,21 +127,10 @@ class Launched:
             except ProcessLookupError:
                 pass
         self.envoy.wait()
-        self.readiness_socket.close()
+        self.plan.readiness_socket.close()
         if self.fifo_fd is not None:
             os.close(self.fifo_fd)
             self.fifo_fd = None
-
-
-@dataclass(frozen=True)
-class EnvoyPlan:
-    """Envoy's command line and the agent's sockets around it, decided from the configuration and the
-    bootstrap; `kuma_dp.agent` builds the same plan when it spawns Envoy itself."""
-
-    admin: AdminAddress
-    readiness_socket: socket.socket
-    argv: list[str]
-    redact_output: bool
 
 
 def plan_envoy(
@@ -218,10 +215,7 @@ def launch_envoy(
     spawned_at = time.monotonic()
     starttrace.mark("envoy_spawned", at=spawned_at)
     return Launched(
-        admin=plan.admin,
-        readiness_socket=plan.readiness_socket,
-        argv=plan.argv,
-        redact_output=plan.redact_output,
+        plan=plan,
         envoy=proc,
         spawned_at=spawned_at,
         fifo_path=fifo,

@@ -301,7 +301,12 @@ async def _fetch_cancellable(
     except asyncio.CancelledError:
         raise RunError("Failed to fetch Envoy bootstrap config. context canceled") from None
     finally:
-        signals.install(before=lambda: [loop.remove_signal_handler(sig) for sig in sigs])
+
+        def hand_back() -> None:
+            for sig in sigs:
+                loop.remove_signal_handler(sig)
+
+        signals.install(before=hand_back)
 
 
 #: What the path from the bootstrap answer to Envoy's exec imports: the YAML parser (the bootstrap is

@@ -80,7 +80,7 @@ def test_the_agent_adopts_the_envoy_launched_before_it(short_tmp: Path, envoy_bi
 def test_envoy_is_stopped_when_the_agent_cannot_be_built(short_tmp: Path, envoy_binary: str) -> None:
     cfg, bootstrap, launched, _ = _launch(short_tmp, envoy_binary)
     pid = launched.envoy.pid
-    port = launched.readiness_socket.getsockname()[1]
+    port = launched.plan.readiness_socket.getsockname()[1]
 
     def broken(ctx: AgentContext) -> Component:
         raise RuntimeError("factory failed")
